@@ -1,0 +1,275 @@
+//! The agent's handle on the kernel side. It loads the embedded eBPF object,
+//! attaches the programs and is the only code that writes the maps, so the
+//! daemon, the tests and the benchmarks all program the dataplane the same
+//! way.
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+};
+use svc_common::{
+    BACKENDS_MAP, Backend, CONNTRACK_MAP, DROP_STATS_MAP, DropReason, FlowKey, MAX_SERVICES,
+    NatEntry, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SERVICE_STATS_MAP, SERVICES_MAP, ServiceKey,
+    ServiceStats, ServiceValue, TC_PROGRAM, XDP_PROGRAM,
+};
+
+/// The eBPF object built by build.rs from `svc-ebpf`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svc-ebpf"));
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+            Protocol::Sctp => PROTO_SCTP,
+        }
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "TCP" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            "SCTP" => Ok(Protocol::Sctp),
+            _ => bail!("unsupported protocol {s:?}: must be TCP, UDP or SCTP"),
+        }
+    }
+}
+
+/// Where clients send: a service IP, port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    pub addr: SocketAddr,
+    pub proto: Protocol,
+}
+
+impl Frontend {
+    fn key(&self, slot: u16) -> ServiceKey {
+        ServiceKey::new(
+            map_addr(self.addr.ip()),
+            self.addr.port().to_be(),
+            self.proto.number(),
+            slot,
+        )
+    }
+}
+
+/// An address as the maps store it: IPv4-mapped for IPv4.
+pub fn map_addr(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => svc_common::ipv4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// A backend as the maps store it.
+pub fn backend_value(addr: SocketAddr) -> Backend {
+    Backend {
+        addr: map_addr(addr.ip()),
+        port: addr.port().to_be(),
+        ..Backend::default()
+    }
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, Backend>,
+    conntrack: HashMap<MapData, FlowKey, NatEntry>,
+    service_stats: PerCpuArray<MapData, ServiceStats>,
+    drop_stats: PerCpuArray<MapData, u64>,
+}
+
+impl Dataplane {
+    /// Loads the object and both programs (so the verifier has accepted
+    /// them before anything is attached).
+    pub fn load() -> Result<Self> {
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading the eBPF object")?;
+        let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?.try_into()?;
+        xdp.load().context("loading the XDP program")?;
+        let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?.try_into()?;
+        tc.load().context("loading the tc program")?;
+        Ok(Self {
+            services: HashMap::try_from(take_map(&mut ebpf, SERVICES_MAP)?)?,
+            backends: HashMap::try_from(take_map(&mut ebpf, BACKENDS_MAP)?)?,
+            conntrack: HashMap::try_from(take_map(&mut ebpf, CONNTRACK_MAP)?)?,
+            service_stats: PerCpuArray::try_from(take_map(&mut ebpf, SERVICE_STATS_MAP)?)?,
+            drop_stats: PerCpuArray::try_from(take_map(&mut ebpf, DROP_STATS_MAP)?)?,
+            ebpf,
+        })
+    }
+
+    /// Attaches the XDP program to an uplink (named in the calling thread's
+    /// network namespace).
+    pub fn attach_xdp(&mut self, iface: &str) -> Result<()> {
+        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?.try_into()?;
+        let name = std::ffi::CString::new(iface)?;
+        xdp.attach(name.as_c_str(), XdpMode::Default)
+            .with_context(|| format!("attaching XDP to {iface}"))?;
+        Ok(())
+    }
+
+    /// Attaches the tc program at tcx ingress of a pod veth (node side).
+    pub fn attach_tc(&mut self, iface: &str) -> Result<()> {
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?.try_into()?;
+        let name = std::ffi::CString::new(iface)?;
+        tc.attach(name.as_c_str(), TcAttachType::Ingress)
+            .with_context(|| format!("attaching tcx ingress to {iface}"))?;
+        Ok(())
+    }
+
+    pub fn xdp_program(&mut self) -> Result<&mut Xdp> {
+        Ok(program(&mut self.ebpf, XDP_PROGRAM)?.try_into()?)
+    }
+
+    pub fn tc_program(&mut self) -> Result<&mut SchedClassifier> {
+        Ok(program(&mut self.ebpf, TC_PROGRAM)?.try_into()?)
+    }
+
+    /// The eBPF object, for attaching aya-log.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Creates or updates backend `id`. Ids are never 0.
+    pub fn set_backend(&mut self, id: u32, addr: SocketAddr) -> Result<()> {
+        if id == 0 {
+            bail!("backend id 0 is reserved");
+        }
+        self.backends.insert(&id, &backend_value(addr), 0)?;
+        Ok(())
+    }
+
+    /// Deletes backend `id`. Flows pinned to it are rebalanced on their next
+    /// packet. Callers unreference it from every service first.
+    pub fn remove_backend(&mut self, id: u32) -> Result<()> {
+        ignore_missing(self.backends.remove(&id))
+    }
+
+    /// Points `frontend` at `backend_ids` (which must exist already).
+    ///
+    /// Order matters to packets in flight: backend slots are written first,
+    /// then slot 0 with the new count, and only then are slots beyond the
+    /// new count deleted. A packet never sees a count that reaches past the
+    /// written slots.
+    pub fn set_service(
+        &mut self,
+        frontend: &Frontend,
+        service_id: u32,
+        flags: u16,
+        backend_ids: &[u32],
+    ) -> Result<()> {
+        if service_id >= MAX_SERVICES {
+            bail!("service id {service_id} out of range (max {MAX_SERVICES})");
+        }
+        let count = u16::try_from(backend_ids.len()).map_err(|_| {
+            anyhow!(
+                "{} backends is more than a service can have",
+                backend_ids.len()
+            )
+        })?;
+        let old_count = self.backend_count(frontend)?;
+        for (slot, &backend_id) in (1..).zip(backend_ids) {
+            let value = ServiceValue {
+                backend_id,
+                service_id,
+                ..ServiceValue::default()
+            };
+            self.services.insert(&frontend.key(slot), &value, 0)?;
+        }
+        let head = ServiceValue {
+            service_id,
+            backend_count: count,
+            flags,
+            ..ServiceValue::default()
+        };
+        self.services.insert(&frontend.key(0), &head, 0)?;
+        for slot in count + 1..=old_count {
+            ignore_missing(self.services.remove(&frontend.key(slot)))?;
+        }
+        Ok(())
+    }
+
+    /// Removes `frontend`: slot 0 first, so no packet is sent to a slot
+    /// that is about to go.
+    pub fn remove_service(&mut self, frontend: &Frontend) -> Result<()> {
+        let old_count = self.backend_count(frontend)?;
+        ignore_missing(self.services.remove(&frontend.key(0)))?;
+        for slot in 1..=old_count {
+            ignore_missing(self.services.remove(&frontend.key(slot)))?;
+        }
+        Ok(())
+    }
+
+    fn backend_count(&self, frontend: &Frontend) -> Result<u16> {
+        match self.services.get(&frontend.key(0), 0) {
+            Ok(v) => Ok(v.backend_count),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Counters of one service, summed over CPUs.
+    pub fn service_stats(&self, service_id: u32) -> Result<ServiceStats> {
+        let per_cpu = self.service_stats.get(&service_id, 0)?;
+        Ok(per_cpu
+            .iter()
+            .fold(ServiceStats::default(), |a, s| ServiceStats {
+                packets: a.packets + s.packets,
+                bytes: a.bytes + s.bytes,
+                reply_packets: a.reply_packets + s.reply_packets,
+                reply_bytes: a.reply_bytes + s.reply_bytes,
+            }))
+    }
+
+    /// Drop counters by reason, summed over CPUs.
+    pub fn drop_stats(&self) -> Result<Vec<(DropReason, u64)>> {
+        DropReason::ALL
+            .iter()
+            .map(|&r| {
+                let per_cpu = self.drop_stats.get(&(r as u32), 0)?;
+                Ok((r, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Number of conntrack entries (both directions).
+    pub fn conntrack_len(&self) -> usize {
+        self.conntrack.keys().filter(|k| k.is_ok()).count()
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+}
+
+/// Deleting what is already gone is success: reconciling is idempotent.
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
+        r => Ok(r?),
+    }
+}

@@ -1,0 +1,74 @@
+//! Service DNAT and reverse NAT, in the kernel.
+//!
+//! One translation core (`packet` parses, `lb` decides) used at two attach
+//! points, each with the writer that suits it:
+//! * `svc_xdp`, on the node's uplinks: rewrites packet memory directly and
+//!   updates checksums by hand (`xdp_rewrite`);
+//! * `svc_tc`, tcx ingress on the node side of pod veths: rewrites through
+//!   the skb helpers, which know the skb's checksum state (`tc_rewrite`).
+#![no_std]
+#![no_main]
+
+mod lb;
+mod maps;
+mod packet;
+mod tc_rewrite;
+mod xdp_rewrite;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+use crate::lb::Verdict;
+
+#[xdp]
+pub fn svc_xdp(ctx: XdpContext) -> u32 {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let Some(flow) = packet::parse(data, data_end) else {
+        return xdp_action::XDP_PASS;
+    };
+    match lb::decide(&flow, (data_end - data) as u32) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Rewrite(rw) => match xdp_rewrite::apply(data, data_end, &flow, &rw) {
+            Ok(()) => xdp_action::XDP_PASS,
+            Err(()) => {
+                lb::count_drop(svc_common::DropReason::RewriteFailed);
+                xdp_action::XDP_DROP
+            }
+        },
+    }
+}
+
+#[classifier]
+pub fn svc_tc(ctx: TcContext) -> i32 {
+    let Some(flow) = tc_rewrite::parse(&ctx) else {
+        return TC_ACT_OK;
+    };
+    match lb::decide(&flow, ctx.len()) {
+        Verdict::Pass => TC_ACT_OK,
+        Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Rewrite(rw) => match tc_rewrite::apply(&ctx, &flow, &rw) {
+            Ok(()) => TC_ACT_OK,
+            Err(()) => {
+                lb::count_drop(svc_common::DropReason::RewriteFailed);
+                TC_ACT_SHOT
+            }
+        },
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program; the verifier rejects any path that
+    // could get here.
+    loop {}
+}
+
+/// GPL-compatible, so GPL-only helpers may be called.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,101 @@
+//! Parsing and rewriting in tc. The skb helpers know the skb's checksum
+//! state (`CHECKSUM_PARTIAL` from local sockets is the common case on pod
+//! veths), so the L4 checksum is always updated through
+//! `bpf_l4_csum_replace`, with `BPF_F_PSEUDO_HDR` for the address change.
+use aya_ebpf::{
+    bindings::{BPF_F_IPV6, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_csum_diff,
+    programs::TcContext,
+};
+use svc_common::PROTO_UDP;
+
+use crate::{
+    lb::Rewrite,
+    packet::{self, Flow},
+};
+
+/// Enough bytes for Ethernet, a VLAN tag, IPv4 with options and TCP.
+const HEADERS_MAX: u32 = 14 + 4 + 60 + 20;
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Option<Flow> {
+    // The headers may extend past the skb's linear part (some GSO or
+    // paged skbs): make sure they are all in it before parsing.
+    let want = if ctx.len() < HEADERS_MAX {
+        ctx.len()
+    } else {
+        HEADERS_MAX
+    };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        ctx.pull_data(want).ok()?;
+    }
+    packet::parse(ctx.data(), ctx.data_end())
+}
+
+// A BPF subprogram of its own: its locals get their own frame instead of
+// adding to the caller's (the whole chain must fit in 512 bytes).
+#[inline(never)]
+pub fn apply(ctx: &TcContext, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
+    let csum_off = flow.l4_csum_off();
+    // For UDP: leave a zero checksum alone and never produce one.
+    let mangled = if flow.proto == PROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    let old_addr = if rw.dst { flow.dst } else { flow.src };
+    let old_port = if rw.dst { flow.dst_port } else { flow.src_port };
+    let addr_off = flow.addr_off(rw.dst);
+
+    if flow.is_v6 {
+        let mut from = words(&old_addr);
+        let mut to = words(&rw.addr);
+        // SAFETY: both buffers are 16 bytes on the stack.
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+        if diff < 0 {
+            return Err(());
+        }
+        // Size 0: `to` is a precomputed difference. BPF_F_IPV6 keeps a
+        // CHECKSUM_COMPLETE skb->csum right for IPv6 (kernel >= 6.16).
+        let flags = u64::from(BPF_F_PSEUDO_HDR | BPF_F_IPV6) | mangled;
+        ctx.l4_csum_replace(csum_off, 0, diff as u64, flags)
+            .map_err(|_| ())?;
+        ctx.store(addr_off, &rw.addr, 0).map_err(|_| ())?;
+    } else {
+        let from = u64::from(words(&old_addr)[3]);
+        let to = u64::from(words(&rw.addr)[3]);
+        ctx.l3_csum_replace(flow.l3_off + 10, from, to, 4)
+            .map_err(|_| ())?;
+        ctx.l4_csum_replace(
+            csum_off,
+            from,
+            to,
+            u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
+        )
+        .map_err(|_| ())?;
+        let new: [u8; 4] = [rw.addr[12], rw.addr[13], rw.addr[14], rw.addr[15]];
+        ctx.store(addr_off, &new, 0).map_err(|_| ())?;
+    }
+
+    ctx.l4_csum_replace(
+        csum_off,
+        u64::from(old_port),
+        u64::from(rw.port),
+        mangled | 2,
+    )
+    .map_err(|_| ())?;
+    ctx.store(flow.port_off(rw.dst), &rw.port, 0)
+        .map_err(|_| ())?;
+    Ok(())
+}
+
+/// Address bytes as four native-order words (what the csum helpers take).
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}

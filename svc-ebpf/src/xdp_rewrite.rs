@@ -1,0 +1,85 @@
+//! Applying a rewrite in XDP: direct writes to packet memory, checksums
+//! updated incrementally by hand (XDP has no skb, so no csum helpers).
+//!
+//! XDP cannot see `skb->ip_summed`, yet on a veth uplink it meets both kinds
+//! of L4 checksum: full ones from the wire or from senders with tx checksum
+//! offload off, and partial ones (`CHECKSUM_PARTIAL`: the field holds the
+//! folded pseudo-header sum) from local sockets whose skb crossed the veth.
+//! The partial kind is recognised by value: the field equals the pseudo-header
+//! sum of the packet as it stands. It then gets only the pseudo-header
+//! change (addresses), since the kernel sums the L4 bytes, new port included,
+//! when it completes the checksum. A full checksum equals that value by
+//! chance about once in 65536 packets and would then be mis-updated; the
+//! sender's retransmission (new timestamps, so a new checksum) recovers it.
+use core::ptr::{read_unaligned, write_unaligned};
+
+use svc_common::{
+    PROTO_UDP,
+    csum::{Diff, pseudo_header},
+};
+
+use crate::{lb::Rewrite, packet::Flow, packet::ptr_at};
+
+// A BPF subprogram of its own: its locals get their own frame instead of
+// adding to the caller's (the whole chain must fit in 512 bytes).
+#[inline(never)]
+pub fn apply(data: usize, end: usize, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
+    let old_port = if rw.dst { flow.dst_port } else { flow.src_port };
+    let l4_csum: *mut u16 = ptr_at(data, end, flow.l4_csum_off()).ok_or(())?;
+    let port: *mut u16 = ptr_at(data, end, flow.port_off(rw.dst)).ok_or(())?;
+    // SAFETY (all accesses below): each pointer came from ptr_at, which
+    // checked that the whole value lies inside the packet.
+    let check = unsafe { read_unaligned(l4_csum) };
+
+    let (addr_diff, partial) = if flow.is_v6 {
+        let addr: *mut [u8; 16] = ptr_at(data, end, flow.addr_off(rw.dst)).ok_or(())?;
+        let old = unsafe { read_unaligned(addr) };
+        let partial = check == pseudo_header(&flow.src, &flow.dst, flow.proto, flow.l4_len);
+        unsafe { write_unaligned(addr, rw.addr) };
+        (Diff::new().bytes(&old, &rw.addr), partial)
+    } else {
+        let addr: *mut [u8; 4] = ptr_at(data, end, flow.addr_off(rw.dst)).ok_or(())?;
+        let ip_csum: *mut u16 = ptr_at(data, end, flow.l3_off + 10).ok_or(())?;
+        let old = unsafe { read_unaligned(addr) };
+        let new = v4_part(&rw.addr);
+        let partial = check
+            == pseudo_header(
+                &v4_part(&flow.src),
+                &v4_part(&flow.dst),
+                flow.proto,
+                flow.l4_len,
+            );
+        let diff = Diff::new().bytes(&old, &new);
+        unsafe {
+            write_unaligned(addr, new);
+            write_unaligned(ip_csum, diff.apply_full(read_unaligned(ip_csum)));
+        }
+        (diff, partial)
+    };
+
+    let new_check = if check == 0 && flow.proto == PROTO_UDP {
+        // UDP without a checksum stays without one.
+        0
+    } else if partial {
+        addr_diff.apply_partial(check)
+    } else {
+        let full = addr_diff.word(old_port, rw.port).apply_full(check);
+        // A computed UDP checksum of 0 is sent as 0xffff (RFC 768).
+        if full == 0 && flow.proto == PROTO_UDP {
+            0xffff
+        } else {
+            full
+        }
+    };
+    unsafe {
+        write_unaligned(port, rw.port);
+        write_unaligned(l4_csum, new_check);
+    }
+    Ok(())
+}
+
+/// The IPv4 address inside an IPv4-mapped one.
+#[inline(always)]
+fn v4_part(a: &[u8; 16]) -> [u8; 4] {
+    [a[12], a[13], a[14], a[15]]
+}
