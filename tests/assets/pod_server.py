@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""A pod's workload: answers with the pod's name over HTTP (TCP) and UDP,
+on IPv4 and IPv6 at once. Prints "ready" once both sockets listen.
+
+usage: pod_server.py NAME PORT
+"""
+import socket
+import sys
+import threading
+
+name, port = sys.argv[1], int(sys.argv[2])
+body = (name + "\n").encode()
+
+
+def dual_stack(kind):
+    s = socket.socket(socket.AF_INET6, kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    return s
+
+
+def serve_http(conn):
+    with conn:
+        conn.settimeout(5)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+        except OSError:
+            return
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            + body
+        )
+
+
+def tcp_loop(s):
+    while True:
+        conn, _ = s.accept()
+        threading.Thread(target=serve_http, args=(conn,), daemon=True).start()
+
+
+def udp_loop(s):
+    while True:
+        _, peer = s.recvfrom(65535)
+        s.sendto(body, peer)
+
+
+tcp = dual_stack(socket.SOCK_STREAM)
+tcp.listen(128)
+udp = dual_stack(socket.SOCK_DGRAM)
+threading.Thread(target=udp_loop, args=(udp,), daemon=True).start()
+print("ready", flush=True)
+tcp_loop(tcp)

@@ -1,0 +1,102 @@
+//! Running the programs on crafted packets with BPF_PROG_TEST_RUN.
+//!
+//! The fixture programs the maps through the agent's own code
+//! (`static_services`, `Dataplane`), the way Katran's tester provisions
+//! through its control-plane API; the benchmarks reuse it with the same
+//! packets.
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use aya::{TestRun as _, TestRunOptions};
+use svc_agent::{
+    dataplane::Dataplane,
+    static_services::{self, StaticService},
+};
+
+/// The two attach points, whose programs must behave alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    Tc,
+}
+
+pub const HOOKS: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+
+/// A program's verdict, mapped from XDP_* / TC_ACT_* codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Pass,
+    Drop,
+    Other(u32),
+}
+
+impl Hook {
+    fn action(self, code: u32) -> Action {
+        match (self, code) {
+            (Hook::Xdp, 2) | (Hook::Tc, 0) => Action::Pass,
+            (Hook::Xdp, 1) | (Hook::Tc, 2) => Action::Drop,
+            (_, c) => Action::Other(c),
+        }
+    }
+}
+
+pub struct Fixture {
+    pub dp: Dataplane,
+}
+
+impl Fixture {
+    /// Loads the dataplane (not attached anywhere). Fails loudly without
+    /// root or BPF: these tests never skip.
+    pub fn new() -> Self {
+        let dp = Dataplane::load()
+            .context("loading the eBPF programs (needs root and a BPF-capable kernel)")
+            .unwrap();
+        Self { dp }
+    }
+
+    /// Programs services given as `FRONTEND/PROTO=BACKEND,...` (service ids
+    /// from 0 in order, backend ids from 1).
+    pub fn services(&mut self, specs: &[&str]) -> &mut Self {
+        let parsed: Vec<StaticService> = specs.iter().map(|s| s.parse().unwrap()).collect();
+        let plan = static_services::plan(&parsed).unwrap();
+        static_services::apply(&mut self.dp, &plan).unwrap();
+        self
+    }
+
+    /// Runs one packet through `hook`'s program; returns the verdict and
+    /// the packet as the program left it.
+    pub fn run(&mut self, hook: Hook, pkt: &[u8]) -> (Action, Vec<u8>) {
+        let (code, out, _) = self.run_repeat(hook, pkt, 1).unwrap();
+        (hook.action(code), out)
+    }
+
+    /// Runs `pkt` `repeat` times in the kernel; also returns the kernel's
+    /// mean time per run.
+    pub fn run_repeat(
+        &mut self,
+        hook: Hook,
+        pkt: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, Duration)> {
+        let mut out = vec![0u8; pkt.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(pkt),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let r = match hook {
+            Hook::Xdp => self.dp.xdp_program()?.test_run(opts),
+            Hook::Tc => self.dp.tc_program()?.test_run(opts),
+        }
+        .context("BPF_PROG_TEST_RUN")?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out, r.duration))
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,288 @@
+//! A node in a box: a node namespace whose uplink leads to an "external"
+//! namespace, and pod namespaces hanging off it by veths, wired the way a
+//! routed CNI (Calico-style) does it.
+//!
+//! ```text
+//!   external ns            node ns                       pod ns (one each)
+//!   eth0 192.0.2.2  <-->  up0 192.0.2.1      vpodN <-->  eth0 10.244.1.N
+//!        2001:db8::2          2001:db8::1    (10.244.1.1,      fd00:244:1::N
+//!   routes service and                        fe80::1)
+//!   pod ranges to node
+//! ```
+//!
+//! Each pod has a /32 (/128) address and a default route to the node side
+//! of its veth; the node routes each pod address to its veth and forwards.
+//! The external namespace routes the service CIDRs to the node, as a
+//! cluster that advertises service IPs (BGP) would.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, Ipv6Addr},
+    process::{Child, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::netns::{NetNs, sh};
+
+pub const UPLINK: &str = "up0";
+pub const SERVICE_CIDR_V4: &str = "10.96.0.0/16";
+pub const SERVICE_CIDR_V6: &str = "fd00:96::/112";
+pub const EXTERNAL_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const EXTERNAL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+
+pub struct Sandbox {
+    pub node: NetNs,
+    pub external: NetNs,
+    pub pods: Vec<Pod>,
+}
+
+pub struct Pod {
+    pub name: String,
+    pub ns: NetNs,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    /// The node side of the pod's veth (where the tc program goes).
+    pub node_veth: String,
+    server: Option<Child>,
+}
+
+/// A namespace set up as a host: IPv6 duplicate address detection off (it
+/// only delays the first packets of a test), loopback up.
+fn host(tag: &str) -> Result<NetNs> {
+    let ns = NetNs::new(tag)?;
+    ns.run(&[
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.accept_dad=0",
+        "net.ipv6.conf.default.accept_dad=0",
+    ])?;
+    Ok(ns)
+}
+
+impl Sandbox {
+    pub fn new(tag: &str) -> Result<Self> {
+        let node = host(&format!("{tag}-node"))?;
+        let external = host(&format!("{tag}-ext"))?;
+        node.run(&[
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ])?;
+        node.run(&[
+            "ip",
+            "link",
+            "add",
+            UPLINK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            external.name(),
+        ])?;
+        node.run(&["ip", "addr", "add", "192.0.2.1/24", "dev", UPLINK])?;
+        node.run(&[
+            "ip",
+            "addr",
+            "add",
+            "2001:db8::1/64",
+            "dev",
+            UPLINK,
+            "nodad",
+        ])?;
+        node.run(&["ip", "link", "set", UPLINK, "up"])?;
+        external.run(&["ip", "addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
+        external.run(&[
+            "ip",
+            "addr",
+            "add",
+            "2001:db8::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        external.run(&["ip", "link", "set", "eth0", "up"])?;
+        for cidr in [SERVICE_CIDR_V4, "10.244.0.0/16"] {
+            external.run(&["ip", "route", "add", cidr, "via", "192.0.2.1"])?;
+        }
+        for cidr in [SERVICE_CIDR_V6, "fd00:244::/32"] {
+            external.run(&["ip", "-6", "route", "add", cidr, "via", "2001:db8::1"])?;
+        }
+        Ok(Self {
+            node,
+            external,
+            pods: Vec::new(),
+        })
+    }
+
+    /// Adds pod number `n` (1 < n < 255): 10.244.1.n and fd00:244:1::n.
+    pub fn add_pod(&mut self, name: &str, n: u8) -> Result<&mut Pod> {
+        if n < 2 || n == 255 || self.pods.iter().any(|p| p.ipv4.octets()[3] == n) {
+            bail!("pod number {n} is reserved or taken");
+        }
+        let ns = host(&format!("{}-pod{n}", self.tag()))?;
+        let ipv4 = Ipv4Addr::new(10, 244, 1, n);
+        let ipv6 = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, u16::from(n));
+        let veth = format!("vpod{n}");
+        let node = &self.node;
+        node.run(&[
+            "ip",
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        node.run(&["ip", "addr", "add", "10.244.1.1/32", "dev", &veth])?;
+        node.run(&["ip", "addr", "add", "fe80::1/64", "dev", &veth, "nodad"])?;
+        node.run(&["ip", "link", "set", &veth, "up"])?;
+        node.run(&["ip", "route", "add", &format!("{ipv4}/32"), "dev", &veth])?;
+        node.run(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            &format!("{ipv6}/128"),
+            "dev",
+            &veth,
+        ])?;
+        ns.run(&["ip", "addr", "add", &format!("{ipv4}/32"), "dev", "eth0"])?;
+        ns.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{ipv6}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ns.run(&["ip", "link", "set", "eth0", "up"])?;
+        ns.run(&["ip", "route", "add", "10.244.1.1", "dev", "eth0"])?;
+        ns.run(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.244.1.1",
+            "dev",
+            "eth0",
+        ])?;
+        ns.run(&[
+            "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+        ])?;
+        self.pods.push(Pod {
+            name: name.to_string(),
+            ns,
+            ipv4,
+            ipv6,
+            node_veth: veth,
+            server: None,
+        });
+        Ok(self.pods.last_mut().unwrap())
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// Turns tx checksum offload on or off on both ends of every veth.
+    /// Off, every sender computes full checksums in software and every
+    /// receiver verifies them, so a wrong checksum is a dropped packet.
+    pub fn set_tx_checksum(&self, on: bool) -> Result<()> {
+        let state = if on { "on" } else { "off" };
+        let mut ends: Vec<(&NetNs, &str)> = vec![(&self.node, UPLINK), (&self.external, "eth0")];
+        for p in &self.pods {
+            ends.push((&self.node, &p.node_veth));
+            ends.push((&p.ns, "eth0"));
+        }
+        for (ns, dev) in ends {
+            ns.run(&["ethtool", "-K", dev, "tx", state])?;
+        }
+        Ok(())
+    }
+
+    fn tag(&self) -> String {
+        // "svc-<tag>-node-<pid>-<n>" -> "<tag>"
+        let name = self.node.name();
+        let rest = name.strip_prefix("svc-").unwrap_or(name);
+        rest.split("-node-").next().unwrap_or(rest).to_string()
+    }
+}
+
+impl Pod {
+    /// Starts the pod's server on `port` (HTTP over TCP and UDP, v4 and
+    /// v6), answering with the pod's name; returns once it listens.
+    pub fn serve(&mut self, port: u16) -> Result<()> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/pod_server.py");
+        let mut child = self
+            .ns
+            .command("python3")
+            .args(["-u", script, &self.name, &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the pod server")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+        self.server = Some(child);
+        if line.trim() != "ready" {
+            bail!("pod server for {} did not start: {line:?}", self.name);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `http://addr:port/`, with IPv6 literals bracketed.
+pub fn url(addr: std::net::IpAddr, port: u16) -> String {
+    format!("http://{}/", std::net::SocketAddr::new(addr, port))
+}
+
+/// One HTTP GET with curl from inside `ns`; returns the body.
+pub fn http_get(ns: &NetNs, addr: std::net::IpAddr, port: u16) -> Result<String> {
+    let out = sh(ns
+        .command("curl")
+        .args(["-sS", "--max-time", "5", &url(addr, port)]))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// One UDP request with socat from inside `ns`; returns the answer.
+pub fn udp_ask(ns: &NetNs, addr: std::net::IpAddr, port: u16) -> Result<String> {
+    let target = format!("UDP:{}", std::net::SocketAddr::new(addr, port));
+    let mut child = ns
+        .command("socat")
+        .args(["-T", "3", "-t", "3", "-", &target])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().unwrap().write_all(b"ping\n")?;
+    let out = child.wait_with_output()?;
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if answer.is_empty() {
+        bail!(
+            "no UDP answer from {target}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(answer)
+}
