@@ -15,7 +15,7 @@
 //! The external namespace routes the service CIDRs to the node, as a
 //! cluster that advertises service IPs (BGP) would.
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader},
     net::{Ipv4Addr, Ipv6Addr},
     process::{Child, Stdio},
 };
@@ -124,7 +124,9 @@ impl Sandbox {
         }
         let ns = host(&format!("{}-pod{n}", self.tag()))?;
         let ipv4 = Ipv4Addr::new(10, 244, 1, n);
-        let ipv6 = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, u16::from(n));
+        // Pod n's IPv6 address ends in the same digits: pod 21 is ::21.
+        let last = u16::from_str_radix(&n.to_string(), 16).expect("decimal digits are hex");
+        let ipv6 = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, last);
         let veth = format!("vpod{n}");
         let node = &self.node;
         node.run(&[
@@ -265,24 +267,17 @@ pub fn http_get(ns: &NetNs, addr: std::net::IpAddr, port: u16) -> Result<String>
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// One UDP request with socat from inside `ns`; returns the answer.
+/// One UDP request from inside `ns` (a short Python client: socat would
+/// wait out its timeout after the answer, UDP having no end of stream).
 pub fn udp_ask(ns: &NetNs, addr: std::net::IpAddr, port: u16) -> Result<String> {
-    let target = format!("UDP:{}", std::net::SocketAddr::new(addr, port));
-    let mut child = ns
-        .command("socat")
-        .args(["-T", "3", "-t", "3", "-", &target])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child.stdin.take().unwrap().write_all(b"ping\n")?;
-    let out = child.wait_with_output()?;
-    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if answer.is_empty() {
-        bail!(
-            "no UDP answer from {target}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(answer)
+    const CLIENT: &str = "import socket, sys\n\
+        a = (sys.argv[1], int(sys.argv[2]))\n\
+        s = socket.socket(socket.AF_INET6 if ':' in a[0] else socket.AF_INET, socket.SOCK_DGRAM)\n\
+        s.settimeout(3)\n\
+        s.sendto(b'ping', a)\n\
+        print(s.recv(65535).decode().strip())\n";
+    let out = sh(ns
+        .command("python3")
+        .args(["-c", CLIENT, &addr.to_string(), &port.to_string()]))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
