@@ -273,3 +273,8 @@ fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
         r => Ok(r?),
     }
 }
+
+/// Empty XDP and tc programs (`baseline_xdp`, `baseline_tc`), built with the
+/// real ones: what the benchmarks compare the real programs against.
+pub static BASELINE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline"));

@@ -1,7 +1,7 @@
 //! `svc-agent`: the daemon and its command line.
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use log::{info, warn};
 use svc_agent::{
@@ -105,16 +105,18 @@ fn start_kernel_log(dp: &mut Dataplane) -> Option<tokio::task::JoinHandle<()>> {
             return None;
         }
     };
-    let mut fd =
-        match tokio::io::unix::AsyncFd::with_interest(logger, tokio::io::Interest::READABLE)
-            .context("polling the log ring")
-        {
-            Ok(fd) => fd,
-            Err(e) => {
-                warn!("{e:#}");
-                return None;
-            }
-        };
+    // SAFETY: the logger owns its ring buffer's fd for as long as it lives,
+    // and the AsyncFd owns the logger.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("kernel-side logging unavailable: polling the log ring: {e}");
+            return None;
+        }
+    };
     Some(tokio::spawn(async move {
         while let Ok(mut guard) = fd.readable_mut().await {
             guard.get_inner_mut().flush();

@@ -87,12 +87,9 @@ pub fn pseudo_header<const N: usize>(src: &[u8; N], dst: &[u8; N], proto: u8, l4
 /// One's-complement sum of `bytes` (odd length padded with a zero byte),
 /// folded. For host-side code and tests; the kernel side only ever updates.
 pub fn sum(bytes: &[u8]) -> u16 {
-    let mut acc: u64 = 0;
-    let mut chunks = bytes.chunks_exact(2);
-    for c in &mut chunks {
-        acc += word(c[0], c[1]) as u64;
-    }
-    if let [last] = chunks.remainder() {
+    let (pairs, rest) = bytes.as_chunks::<2>();
+    let mut acc: u64 = pairs.iter().map(|&[a, b]| word(a, b) as u64).sum();
+    if let [last] = rest {
         acc += word(*last, 0) as u64;
     }
     while acc >> 16 != 0 {

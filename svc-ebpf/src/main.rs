@@ -21,6 +21,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
+use aya_log_ebpf::warn;
+
 use crate::lb::Verdict;
 
 #[xdp]
@@ -36,6 +38,7 @@ pub fn svc_xdp(ctx: XdpContext) -> u32 {
             Ok(()) => xdp_action::XDP_PASS,
             Err(()) => {
                 lb::count_drop(svc_common::DropReason::RewriteFailed);
+                warn!(&ctx, "svc_xdp: rewrite failed, packet dropped");
                 xdp_action::XDP_DROP
             }
         },
@@ -54,6 +57,7 @@ pub fn svc_tc(ctx: TcContext) -> i32 {
             Ok(()) => TC_ACT_OK,
             Err(()) => {
                 lb::count_drop(svc_common::DropReason::RewriteFailed);
+                warn!(&ctx, "svc_tc: rewrite failed, packet dropped");
                 TC_ACT_SHOT
             }
         },

@@ -105,7 +105,10 @@ impl Spec {
         match (self.src.ip(), self.dst.ip()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let ihl = 20 + self.ip_options.len();
-                assert!(ihl <= 60 && ihl % 4 == 0, "bad IPv4 options length");
+                assert!(
+                    ihl <= 60 && ihl.is_multiple_of(4),
+                    "bad IPv4 options length"
+                );
                 let frag: u16 = match self.frag {
                     Frag::None => 0x4000, // DF
                     Frag::V4First => 0x2000,

@@ -1,0 +1,202 @@
+//! `cargo xtask bench`: measurements taken side by side in one run, printed
+//! as ratios. Not a test: nothing here gates CI.
+//!
+//! 1. BPF_PROG_TEST_RUN cost per packet of each program's hit path against
+//!    an empty program of the same type (medians of repeated runs).
+//! 2. iperf3 bulk TCP from a client pod: to a ClusterIP (programs
+//!    attached) against pod to pod with nothing attached, and pod to pod
+//!    with the programs attached (their cost on non-service traffic).
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, TestRun as _, TestRunOptions,
+    programs::{SchedClassifier, Xdp},
+};
+use svc_agent::dataplane::{BASELINE_OBJECT, Dataplane};
+use tests::{
+    netns::sh,
+    packet::Spec,
+    progtest::{Fixture, Hook},
+    sandbox::{Sandbox, UPLINK},
+};
+
+/// Runs per measurement and repeats inside the kernel per run.
+const RUNS: usize = 9;
+const REPEAT: u32 = 200_000;
+const IPERF_SECONDS: &str = "4";
+const IPERF_ROUNDS: usize = 3;
+
+fn main() -> Result<()> {
+    prog_test_run_costs()?;
+    throughput()?;
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn prog_test_run_costs() -> Result<()> {
+    println!("== BPF_PROG_TEST_RUN, ns per packet (median of {RUNS} runs x {REPEAT} repeats)");
+    // The kernel reruns the program on the buffer the previous run left,
+    // so a frontend whose backend is itself keeps every repeat on the hit
+    // path (service lookup, conntrack hit, rewrite and checksum update).
+    let mut f = Fixture::new();
+    f.services(&[
+        "10.96.0.10:80/tcp=10.96.0.10:80",
+        "[fd00:96::10]:80/tcp=[fd00:96::10]:80",
+    ]);
+    let mut base = Ebpf::load(BASELINE_OBJECT)?;
+    let packets = [
+        (
+            "IPv4 TCP hit",
+            Spec::tcp("192.0.2.2:40000", "10.96.0.10:80").build(),
+        ),
+        (
+            "IPv6 TCP hit",
+            Spec::tcp("[2001:db8::2]:40000", "[fd00:96::10]:80").build(),
+        ),
+        (
+            "IPv4 TCP miss",
+            Spec::tcp("192.0.2.2:40000", "10.244.1.21:80").build(),
+        ),
+    ];
+    println!(
+        "{:<6} {:<14} {:>10} {:>10} {:>8}",
+        "hook", "packet", "program", "empty", "ratio"
+    );
+    for hook in [Hook::Xdp, Hook::Tc] {
+        for (name, pkt) in &packets {
+            let mut prog = Vec::new();
+            let mut empty = Vec::new();
+            for _ in 0..RUNS {
+                // Interleaved, so drift affects both alike.
+                prog.push(f.run_repeat(hook, pkt, REPEAT)?.2.as_nanos() as f64);
+                empty.push(baseline_run(&mut base, hook, pkt)?.as_nanos() as f64);
+            }
+            let (p, e) = (median(prog), median(empty));
+            println!(
+                "{:<6} {:<14} {:>10.1} {:>10.1} {:>7.2}x",
+                format!("{hook:?}"),
+                name,
+                p,
+                e,
+                p / e
+            );
+        }
+    }
+    Ok(())
+}
+
+fn baseline_run(base: &mut Ebpf, hook: Hook, pkt: &[u8]) -> Result<Duration> {
+    let opts = TestRunOptions {
+        data_in: Some(pkt),
+        repeat: REPEAT,
+        ..TestRunOptions::default()
+    };
+    let result = match hook {
+        Hook::Xdp => {
+            let p: &mut Xdp = base
+                .program_mut("baseline_xdp")
+                .context("baseline_xdp")?
+                .try_into()?;
+            if p.fd().is_err() {
+                p.load()?;
+            }
+            p.test_run(opts)?
+        }
+        Hook::Tc => {
+            let p: &mut SchedClassifier = base
+                .program_mut("baseline_tc")
+                .context("baseline_tc")?
+                .try_into()?;
+            if p.fd().is_err() {
+                p.load()?;
+            }
+            p.test_run(opts)?
+        }
+    };
+    Ok(result.duration)
+}
+
+fn throughput() -> Result<()> {
+    println!(
+        "\n== iperf3 bulk TCP, client pod -> backend pod ({IPERF_SECONDS} s each, median of {IPERF_ROUNDS} rounds)"
+    );
+    let mut sb = Sandbox::new("bench")?;
+    sb.add_pod("client", 10)?;
+    sb.add_pod("server", 21)?;
+    let server = sb.pod("server");
+    let mut iperf = server
+        .ns
+        .command("iperf3")
+        .args(["-s", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let veths: Vec<String> = sb.pods.iter().map(|p| p.node_veth.clone()).collect();
+
+    let (mut plain, mut via_vip, mut attached_direct) = (Vec::new(), Vec::new(), Vec::new());
+    let result = (|| -> Result<()> {
+        for _ in 0..IPERF_ROUNDS {
+            plain.push(iperf_gbps(&sb, "10.244.1.21")?);
+            let mut dp = sb.node.enter(|| {
+                let mut dp = Dataplane::load()?;
+                dp.attach_xdp(UPLINK)?;
+                for v in &veths {
+                    dp.attach_tc(v)?;
+                }
+                Ok(dp)
+            })?;
+            let spec = "10.96.0.10:5201/tcp=10.244.1.21:5201".parse()?;
+            let plan = svc_agent::static_services::plan(&[spec])?;
+            svc_agent::static_services::apply(&mut dp, &plan)?;
+            via_vip.push(iperf_gbps(&sb, "10.96.0.10")?);
+            attached_direct.push(iperf_gbps(&sb, "10.244.1.21")?);
+            drop(dp); // detaches
+        }
+        Ok(())
+    })();
+    let _ = iperf.kill();
+    let _ = iperf.wait();
+    result?;
+    let p = median(plain);
+    for (name, v) in [
+        ("pod -> pod, nothing attached", p),
+        ("pod -> ClusterIP (tcx DNAT)", median(via_vip)),
+        ("pod -> pod, programs attached", median(attached_direct)),
+    ] {
+        println!("{name:<32} {v:>7.2} Gb/s  {:>5.2}x", v / p);
+    }
+    Ok(())
+}
+
+fn iperf_gbps(sb: &Sandbox, target: &str) -> Result<f64> {
+    let out = sh(sb.pod("client").ns.command("iperf3").args([
+        "-c",
+        target,
+        "-p",
+        "5201",
+        "-t",
+        IPERF_SECONDS,
+        "-J",
+    ]))?;
+    let json = String::from_utf8_lossy(&out.stdout);
+    // end.sum_received.bits_per_second, without a JSON dependency.
+    let after = json
+        .find("\"sum_received\"")
+        .map(|i| &json[i..])
+        .context("no sum_received in iperf3 output")?;
+    let num = after
+        .split("\"bits_per_second\":")
+        .nth(1)
+        .and_then(|s| s.split([',', '}']).next())
+        .context("no bits_per_second")?;
+    let bps: f64 = num.trim().parse()?;
+    if bps <= 0.0 {
+        bail!("iperf3 measured nothing");
+    }
+    Ok(bps / 1e9)
+}
