@@ -47,19 +47,12 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => {
             require_root("the packet-level and end-to-end tests")?;
-            let mut cmd = vec![
-                "test",
-                "--workspace",
-                "--exclude",
-                "svc-ebpf",
-                "--exclude",
-                "xtask",
-            ];
+            let mut cmd = vec!["test", "--workspace", "--exclude", "svc-ebpf"];
             if !args.is_empty() {
                 cmd.push("--");
                 cmd.extend(args.iter().map(String::as_str));
             }
-            cargo(&cmd)
+            cargo_test(&cmd)
         }
         Task::Bench => {
             require_root("the benchmarks")?;
@@ -87,10 +80,61 @@ fn cargo(args: &[&str]) -> Result<()> {
         .current_dir(bootstrap::workspace_root()))
 }
 
+/// Runs `cargo test`, passing its output through, and ends with one line
+/// totalling every test binary's result (the per-binary lines end with
+/// doc-test runs that are usually empty).
+fn cargo_test(args: &[&str]) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(bootstrap::workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = parse_test_result(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
+}
+
+/// `test result: ok. 12 passed; 0 failed; ...` -> (12, 0)
+fn parse_test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| -> Option<u64> {
+        rest.split(';')
+            .find_map(|part| part.trim().strip_suffix(word))
+            .and_then(|n| n.trim().rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+    };
+    Some((count(" passed")?, count(" failed")?))
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_cargo_test_result_lines() {
+        let line = "test result: ok. 12 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.92s";
+        assert_eq!(super::parse_test_result(line), Some((12, 3)));
+        assert_eq!(super::parse_test_result("running 3 tests"), None);
+    }
 }
