@@ -2,19 +2,39 @@
 //! attaches the programs and is the only code that writes the maps, so the
 //! daemon, the tests and the benchmarks all program the dataplane the same
 //! way.
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
 };
 use svc_common::{
     BACKENDS_MAP, Backend, CONNTRACK_MAP, DROP_STATS_MAP, DropReason, FlowKey, MAX_SERVICES,
     NatEntry, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SERVICE_STATS_MAP, SERVICES_MAP, ServiceKey,
     ServiceStats, ServiceValue, TC_PROGRAM, XDP_PROGRAM,
 };
+
+use crate::reconcile::Programmed;
+
+/// Every map, for pinning.
+const MAPS: [&str; 5] = [
+    SERVICES_MAP,
+    BACKENDS_MAP,
+    CONNTRACK_MAP,
+    SERVICE_STATS_MAP,
+    DROP_STATS_MAP,
+];
 
 /// The eBPF object built by build.rs from `svc-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svc-ebpf"));
@@ -32,6 +52,18 @@ impl Protocol {
             Protocol::Tcp => PROTO_TCP,
             Protocol::Udp => PROTO_UDP,
             Protocol::Sctp => PROTO_SCTP,
+        }
+    }
+}
+
+impl TryFrom<u8> for Protocol {
+    type Error = anyhow::Error;
+    fn try_from(n: u8) -> Result<Self> {
+        match n {
+            PROTO_TCP => Ok(Protocol::Tcp),
+            PROTO_UDP => Ok(Protocol::Udp),
+            PROTO_SCTP => Ok(Protocol::Sctp),
+            _ => bail!("unknown protocol number {n}"),
         }
     }
 }
@@ -74,6 +106,15 @@ pub fn map_addr(ip: IpAddr) -> [u8; 16] {
     }
 }
 
+/// The inverse of `map_addr`.
+pub fn unmap_addr(addr: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
 /// A backend as the maps store it.
 pub fn backend_value(addr: SocketAddr) -> Backend {
     Backend {
@@ -94,9 +135,29 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Loads the object and both programs (so the verifier has accepted
-    /// them before anything is attached).
+    /// them before anything is attached), with maps of its own.
     pub fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading the eBPF object")?;
+        Self::load_with(&mut EbpfLoader::new())
+    }
+
+    /// Like `load`, but the maps live pinned under `pins` (see [`Pins`]):
+    /// maps pinned by an earlier agent are reused with their contents, so
+    /// services and established connections survive agent restarts.
+    pub fn load_pinned(pins: &Pins) -> Result<Self> {
+        std::fs::create_dir_all(pins.maps_dir())?;
+        let paths: Vec<(&str, PathBuf)> =
+            MAPS.iter().map(|m| (*m, pins.maps_dir().join(m))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        Self::load_with(&mut loader)
+    }
+
+    fn load_with(loader: &mut EbpfLoader) -> Result<Self> {
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object")?;
         let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?.try_into()?;
         xdp.load().context("loading the XDP program")?;
         let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?.try_into()?;
@@ -127,6 +188,51 @@ impl Dataplane {
         let name = std::ffi::CString::new(iface)?;
         tc.attach(name.as_c_str(), TcAttachType::Ingress)
             .with_context(|| format!("attaching tcx ingress to {iface}"))?;
+        Ok(())
+    }
+
+    /// Attaches XDP to `iface` through a link pinned at `pin`. If a link is
+    /// pinned there already (an earlier agent's), its program is replaced
+    /// atomically instead: no packet goes unprocessed during an upgrade.
+    pub fn attach_xdp_pinned(&mut self, iface: &str, pin: &Path) -> Result<()> {
+        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?.try_into()?;
+        if let Some(link) = adopt_link(pin) {
+            if let Ok(link) = XdpLink::try_from(link)
+                && xdp.attach_to_link(link).is_ok()
+            {
+                return Ok(());
+            }
+            let _ = std::fs::remove_file(pin);
+        }
+        let name = std::ffi::CString::new(iface)?;
+        let id = xdp
+            .attach(name.as_c_str(), XdpMode::Default)
+            .with_context(|| format!("attaching XDP to {iface}"))?;
+        let link: FdLink = xdp.take_link(id)?.try_into()?;
+        link.pin(pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+        Ok(())
+    }
+
+    /// Attaches tcx ingress to `iface` through a link pinned at `pin`,
+    /// adopting an existing pinned link as `attach_xdp_pinned` does.
+    pub fn attach_tc_pinned(&mut self, iface: &str, pin: &Path) -> Result<()> {
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?.try_into()?;
+        if let Some(link) = adopt_link(pin) {
+            if let Ok(link) = SchedClassifierLink::try_from(link)
+                && tc.attach_to_link(link).is_ok()
+            {
+                return Ok(());
+            }
+            let _ = std::fs::remove_file(pin);
+        }
+        let name = std::ffi::CString::new(iface)?;
+        let id = tc
+            .attach(name.as_c_str(), TcAttachType::Ingress)
+            .with_context(|| format!("attaching tcx ingress to {iface}"))?;
+        let link: FdLink = tc.take_link(id)?.try_into()?;
+        link.pin(pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
         Ok(())
     }
 
@@ -245,9 +351,149 @@ impl Dataplane {
             .collect()
     }
 
+    /// What the maps hold, for a reconciler adopting them: backend ids
+    /// and each frontend's slots.
+    #[allow(clippy::type_complexity)]
+    pub fn dump(&self) -> Result<(BTreeMap<u32, SocketAddr>, BTreeMap<Frontend, Programmed>)> {
+        let mut backends = BTreeMap::new();
+        for entry in self.backends.iter() {
+            let (id, b) = entry?;
+            backends.insert(
+                id,
+                SocketAddr::new(unmap_addr(b.addr), u16::from_be(b.port)),
+            );
+        }
+        let mut heads = BTreeMap::new();
+        let mut slots: BTreeMap<Frontend, BTreeMap<u16, u32>> = BTreeMap::new();
+        for entry in self.services.iter() {
+            let (key, value) = entry?;
+            let fe = Frontend {
+                addr: SocketAddr::new(unmap_addr(key.addr), u16::from_be(key.port)),
+                proto: Protocol::try_from(key.proto)?,
+            };
+            if key.slot == 0 {
+                heads.insert(fe, value);
+            } else {
+                slots
+                    .entry(fe)
+                    .or_default()
+                    .insert(key.slot, value.backend_id);
+            }
+        }
+        let frontends = heads
+            .into_iter()
+            .map(|(fe, head)| {
+                let ids = slots.remove(&fe).unwrap_or_default();
+                let backend_ids = (1..=head.backend_count)
+                    .filter_map(|s| ids.get(&s).copied())
+                    .collect();
+                let p = Programmed {
+                    service_id: head.service_id,
+                    flags: head.flags,
+                    backend_ids,
+                };
+                (fe, p)
+            })
+            .collect();
+        Ok((backends, frontends))
+    }
+
     /// Number of conntrack entries (both directions).
     pub fn conntrack_len(&self) -> usize {
         self.conntrack.keys().filter(|k| k.is_ok()).count()
+    }
+}
+
+/// Where an agent pins its maps and links, under one bpffs directory:
+/// `maps/<MAP>` and `links/<xdp|tcx>-<interface>`.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    pub dir: PathBuf,
+}
+
+impl Pins {
+    pub fn maps_dir(&self) -> PathBuf {
+        self.dir.join("maps")
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.dir.join("links")
+    }
+
+    pub fn xdp_link(&self, iface: &str) -> PathBuf {
+        self.links_dir().join(format!("xdp-{iface}"))
+    }
+
+    pub fn tc_link(&self, iface: &str) -> PathBuf {
+        self.links_dir().join(format!("tcx-{iface}"))
+    }
+
+    /// Checks the directory is on a bpffs (pins can live nowhere else),
+    /// mounting one at the conventional /sys/fs/bpf if that is where it
+    /// should be and none is there yet.
+    pub fn prepare(&self) -> Result<()> {
+        let bpffs_root = Path::new("/sys/fs/bpf");
+        if self.dir.starts_with(bpffs_root) && !is_bpffs(bpffs_root) {
+            let status = std::process::Command::new("mount")
+                .args(["-t", "bpf", "bpf"])
+                .arg(bpffs_root)
+                .status()
+                .context("mounting bpffs")?;
+            if !status.success() {
+                bail!("mounting bpffs on {} failed", bpffs_root.display());
+            }
+        }
+        std::fs::create_dir_all(self.links_dir())
+            .with_context(|| format!("creating {}", self.links_dir().display()))?;
+        if !is_bpffs(&self.dir) {
+            bail!(
+                "{} is not on a bpf filesystem (mount -t bpf bpf DIR)",
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes every pin: links first (which detaches the programs once
+    /// no process holds them), then maps, then the directories.
+    pub fn remove_all(&self) -> Result<usize> {
+        let mut removed = 0;
+        for dir in [self.links_dir(), self.maps_dir()] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries {
+                std::fs::remove_file(e?.path())?;
+                removed += 1;
+            }
+            std::fs::remove_dir(&dir)?;
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+        Ok(removed)
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we pass.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// The link pinned at `pin`, if one is there.
+fn adopt_link(pin: &Path) -> Option<FdLink> {
+    if !pin.exists() {
+        return None;
+    }
+    match PinnedLink::from_pin(pin) {
+        Ok(link) => {
+            // The pin stays; ownership moves to the program's link set.
+            Some(FdLink::from(link))
+        }
+        Err(_) => None,
     }
 }
 

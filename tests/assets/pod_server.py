@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
 """A pod's workload: answers with the pod's name over HTTP (TCP) and UDP,
-on IPv4 and IPv6 at once. Prints "ready" once both sockets listen.
+on IPv4 and IPv6 at once, on each given port. Prints "ready" once every
+socket listens.
 
-usage: pod_server.py NAME PORT
+usage: pod_server.py NAME PORT [PORT...]
 """
 import socket
 import sys
 import threading
 
-name, port = sys.argv[1], int(sys.argv[2])
+name, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
 body = (name + "\n").encode()
 
 
-def dual_stack(kind):
+def dual_stack(kind, port):
     s = socket.socket(socket.AF_INET6, kind)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -51,9 +52,11 @@ def udp_loop(s):
         s.sendto(body, peer)
 
 
-tcp = dual_stack(socket.SOCK_STREAM)
-tcp.listen(128)
-udp = dual_stack(socket.SOCK_DGRAM)
-threading.Thread(target=udp_loop, args=(udp,), daemon=True).start()
+for port in ports:
+    tcp = dual_stack(socket.SOCK_STREAM, port)
+    tcp.listen(128)
+    udp = dual_stack(socket.SOCK_DGRAM, port)
+    threading.Thread(target=tcp_loop, args=(tcp,), daemon=True).start()
+    threading.Thread(target=udp_loop, args=(udp,), daemon=True).start()
 print("ready", flush=True)
-tcp_loop(tcp)
+threading.Event().wait()

@@ -12,28 +12,45 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// Namespaces alive in this process, for the interrupt handler.
-static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Commands that undo what this process set up (delete a namespace,
+/// unmount a bpffs, ...), run by the interrupt handler; keyed by an id so
+/// the normal teardown can take its own entry back.
+static LIVE: Mutex<Vec<(u32, Vec<String>)>> = Mutex::new(Vec::new());
 static HANDLER: Once = Once::new();
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Registers `argv` to be run if the process is interrupted; returns the
+/// id to `forget` it by once torn down normally.
+pub fn on_interrupt(argv: &[&str]) -> u32 {
+    HANDLER.call_once(install_interrupt_cleanup);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    LIVE.lock()
+        .unwrap()
+        .push((id, argv.iter().map(|s| s.to_string()).collect()));
+    id
+}
+
+pub fn forget(id: u32) {
+    LIVE.lock().unwrap().retain(|(i, _)| *i != id);
+}
+
 pub struct NetNs {
     name: String,
+    cleanup: u32,
 }
 
 impl NetNs {
     /// Creates `svc-<tag>-<pid>-<n>`: unique across parallel tests and
     /// processes, and recognisably ours.
     pub fn new(tag: &str) -> Result<Self> {
-        HANDLER.call_once(install_interrupt_cleanup);
         let name = format!(
             "svc-{tag}-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         sh(Command::new("ip").args(["netns", "add", &name]))?;
-        LIVE.lock().unwrap().push(name.clone());
-        let ns = Self { name };
+        let cleanup = on_interrupt(&["ip", "netns", "del", &name]);
+        let ns = Self { name, cleanup };
         ns.run(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -83,14 +100,15 @@ impl Drop for NetNs {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
-        LIVE.lock().unwrap().retain(|n| n != &self.name);
+        forget(self.cleanup);
     }
 }
 
 fn install_interrupt_cleanup() {
     let _ = ctrlc::set_handler(|| {
-        for name in LIVE.lock().map(|l| l.clone()).unwrap_or_default() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let undo = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+        for (_, argv) in undo.iter().rev() {
+            let _ = Command::new(&argv[0]).args(&argv[1..]).output();
         }
         std::process::exit(130);
     });

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use aya::{TestRun as _, TestRunOptions};
-use svc_agent::{
-    dataplane::Dataplane,
-    static_services::{self, StaticService},
-};
+use svc_agent::dataplane::Dataplane;
+
+use crate::static_services::{self, StaticService};
 
 /// The two attach points, whose programs must behave alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,12 +53,11 @@ impl Fixture {
         Self { dp }
     }
 
-    /// Programs services given as `FRONTEND/PROTO=BACKEND,...` (service ids
-    /// from 0 in order, backend ids from 1).
+    /// Programs services given as `FRONTEND/PROTO=BACKEND,...` through the
+    /// agent's reconciler (see `static_services::apply` for the ids).
     pub fn services(&mut self, specs: &[&str]) -> &mut Self {
         let parsed: Vec<StaticService> = specs.iter().map(|s| s.parse().unwrap()).collect();
-        let plan = static_services::plan(&parsed).unwrap();
-        static_services::apply(&mut self.dp, &plan).unwrap();
+        static_services::apply(&mut self.dp, &parsed).unwrap();
         self
     }
 

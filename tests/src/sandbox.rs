@@ -226,11 +226,17 @@ impl Pod {
     /// Starts the pod's server on `port` (HTTP over TCP and UDP, v4 and
     /// v6), answering with the pod's name; returns once it listens.
     pub fn serve(&mut self, port: u16) -> Result<()> {
+        self.serve_ports(&[port])
+    }
+
+    /// Like `serve`, on several ports at once.
+    pub fn serve_ports(&mut self, ports: &[u16]) -> Result<()> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/pod_server.py");
         let mut child = self
             .ns
             .command("python3")
-            .args(["-u", script, &self.name, &port.to_string()])
+            .args(["-u", script, &self.name])
+            .args(ports.iter().map(|p| p.to_string()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

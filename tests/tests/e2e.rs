@@ -17,13 +17,11 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use anyhow::Result;
-use svc_agent::{
-    dataplane::Dataplane,
-    static_services::{self, StaticService},
-};
+use svc_agent::dataplane::Dataplane;
 use tests::{
     netns::NetNs,
     sandbox::{Sandbox, UPLINK, http_get, udp_ask},
+    static_services::{self, StaticService},
 };
 
 const VIP4: &str = "10.96.0.10";
@@ -56,7 +54,7 @@ fn cluster(tag: &str) -> Result<(Sandbox, Dataplane)> {
     .iter()
     .map(|s| s.parse())
     .collect::<Result<_>>()?;
-    static_services::apply(&mut dp, &static_services::plan(&specs)?)?;
+    static_services::apply(&mut dp, &specs)?;
     Ok((sb, dp))
 }
 

@@ -31,6 +31,8 @@ enum Task {
     },
     /// Measure the programs against baselines, side by side in one run.
     Bench,
+    /// The article's example Services, served by the agent in a sandbox.
+    Demo,
 }
 
 fn main() -> Result<()> {
@@ -47,6 +49,8 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => {
             require_root("the packet-level and end-to-end tests")?;
+            // The end-to-end tests run the agent binary itself.
+            cargo(&["build", "--package", "svc-agent"])?;
             let mut cmd = vec!["test", "--workspace", "--exclude", "svc-ebpf"];
             if !args.is_empty() {
                 cmd.push("--");
@@ -56,7 +60,13 @@ fn main() -> Result<()> {
         }
         Task::Bench => {
             require_root("the benchmarks")?;
+            cargo(&["build", "--release", "--package", "svc-agent"])?;
             cargo(&["run", "--release", "--package", "tests", "--bin", "bench"])
+        }
+        Task::Demo => {
+            require_root("the demo")?;
+            cargo(&["build", "--package", "svc-agent"])?;
+            cargo(&["run", "--quiet", "--package", "tests", "--bin", "demo"])
         }
     }
 }

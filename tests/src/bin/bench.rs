@@ -30,6 +30,54 @@ const IPERF_ROUNDS: usize = 3;
 fn main() -> Result<()> {
     prog_test_run_costs()?;
     throughput()?;
+    change_latency()?;
+    Ok(())
+}
+
+/// Time from a manifest written to its frontend present in the pinned
+/// SERVICES map (the agent's whole path: file watch, parse, admit, model,
+/// reconcile, map write), one Service at a time.
+fn change_latency() -> Result<()> {
+    const CHANGES: u16 = 40;
+    println!("\n== manifest change -> map, {CHANGES} Services added one by one");
+    let mut c = tests::cluster::Cluster::new("bench-lat")?;
+    c.start_agent()?;
+    let pin = c
+        .bpffs()
+        .join("svc-agent/maps")
+        .join(svc_common::SERVICES_MAP);
+    let map = aya::maps::HashMap::<_, svc_common::ServiceKey, svc_common::ServiceValue>::try_from(
+        aya::maps::Map::HashMap(aya::maps::MapData::from_pin(&pin)?),
+    )?;
+    let mut samples = Vec::new();
+    for i in 0..CHANGES {
+        let ip: std::net::Ipv4Addr = [10, 96, 7, (i + 1) as u8].into();
+        let key =
+            svc_common::ServiceKey::new(svc_common::ipv4_mapped(ip.octets()), 80u16.to_be(), 6, 0);
+        let yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: lat-{i}\nspec:\n  clusterIP: {ip}\n  ports:\n  - port: 80\n"
+        );
+        let start = std::time::Instant::now();
+        c.write(&format!("lat-{i}.yaml"), &yaml)?;
+        while map.get(&key, 0).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!(
+                    "service {i} never reached the map; agent log:\n{}",
+                    c.agent_log()
+                );
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
     Ok(())
 }
 
@@ -151,8 +199,7 @@ fn throughput() -> Result<()> {
                 Ok(dp)
             })?;
             let spec = "10.96.0.10:5201/tcp=10.244.1.21:5201".parse()?;
-            let plan = svc_agent::static_services::plan(&[spec])?;
-            svc_agent::static_services::apply(&mut dp, &plan)?;
+            tests::static_services::apply(&mut dp, &[spec])?;
             via_vip.push(iperf_gbps(&sb, "10.96.0.10")?);
             attached_direct.push(iperf_gbps(&sb, "10.244.1.21")?);
             drop(dp); // detaches

@@ -1,15 +1,18 @@
-//! Services given on the command line, for the development loop
-//! (`cargo xtask run -- run --service ...`) before any Kubernetes source is
-//! wired in. Pure parsing and id assignment; the dataplane does the rest.
+//! Services written as one-line specs, for the packet-level tests and the
+//! benchmarks: they reach the maps through the agent's own reconciler, so
+//! the fixtures are provisioned exactly as the agent provisions.
 //!
 //! Syntax: `FRONTEND/PROTO=BACKEND[,BACKEND...]`, addresses as Rust's
 //! `SocketAddr` writes them, e.g. `10.96.0.10:80/tcp=10.244.1.2:8080` or
 //! `[fd00:96::10]:80/udp=[fd00:244:1::2]:8080,[fd00:244:1::3]:8080`.
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-
-use crate::dataplane::{Dataplane, Frontend};
+use svc_agent::{
+    dataplane::{Dataplane, Frontend},
+    model::{Desired, ServicePortName, Target},
+    reconcile::Reconciler,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StaticService {
@@ -45,46 +48,42 @@ impl std::str::FromStr for StaticService {
     }
 }
 
-/// The desired map contents for a set of static services: backend ids
-/// (one per distinct endpoint, from 1) and each frontend's slots, with
-/// service ids from 0 in the given order.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub backends: BTreeMap<SocketAddr, u32>,
-    pub services: Vec<(Frontend, u32, Vec<u32>)>,
-}
-
-pub fn plan(services: &[StaticService]) -> Result<Plan> {
-    let mut plan = Plan::default();
-    for (service_id, svc) in (0u32..).zip(services) {
-        if plan.services.iter().any(|(f, _, _)| *f == svc.frontend) {
+/// The desired state for `services`: each frontend with its backends.
+pub fn desired(services: &[StaticService]) -> Result<Desired> {
+    let mut out = Desired::new();
+    for svc in services {
+        let mut backends = svc.backends.clone();
+        backends.sort();
+        backends.dedup();
+        let target = Target {
+            service: ServicePortName {
+                namespace: "static".into(),
+                name: svc.frontend.addr.to_string(),
+                port: String::new(),
+            },
+            backends,
+            flags: 0,
+        };
+        if out.insert(svc.frontend, target).is_some() {
             bail!("frontend {:?} given twice", svc.frontend);
         }
-        let mut ids = Vec::with_capacity(svc.backends.len());
-        for b in &svc.backends {
-            let next = plan.backends.len() as u32 + 1;
-            ids.push(*plan.backends.entry(*b).or_insert(next));
-        }
-        plan.services.push((svc.frontend, service_id, ids));
     }
-    Ok(plan)
+    Ok(out)
 }
 
-/// Writes a plan: backends before the services that reference them.
-pub fn apply(dp: &mut Dataplane, plan: &Plan) -> Result<()> {
-    for (addr, id) in &plan.backends {
-        dp.set_backend(*id, *addr)?;
-    }
-    for (frontend, service_id, ids) in &plan.services {
-        dp.set_service(frontend, *service_id, 0, ids)?;
-    }
-    Ok(())
+/// Programs `services` into a fresh dataplane through the reconciler:
+/// backend ids from 1 in address order, service ids from 0 in frontend
+/// order (addresses, IPv4 first, then TCP before UDP).
+pub fn apply(dp: &mut Dataplane, services: &[StaticService]) -> Result<Reconciler> {
+    let mut reconciler = Reconciler::default();
+    reconciler.apply(&desired(services)?, dp)?;
+    Ok(reconciler)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::Protocol;
+    use svc_agent::dataplane::Protocol;
 
     #[test]
     fn parses_v4_and_v6() {
@@ -112,15 +111,16 @@ mod tests {
     }
 
     #[test]
-    fn plan_shares_backend_ids_and_rejects_duplicates() {
-        let a: StaticService = "10.96.0.10:80/tcp=10.244.1.2:80,10.244.1.3:80"
+    fn desired_sorts_backends_and_rejects_duplicates() {
+        let a: StaticService = "10.96.0.10:80/tcp=10.244.1.3:80,10.244.1.2:80"
             .parse()
             .unwrap();
-        let b: StaticService = "10.96.0.11:80/tcp=10.244.1.3:80".parse().unwrap();
-        let p = plan(&[a.clone(), b]).unwrap();
-        assert_eq!(p.backends.len(), 2);
-        assert_eq!(p.services[0].2, vec![1, 2]);
-        assert_eq!(p.services[1], (p.services[1].0, 1, vec![2]));
-        assert!(plan(&[a.clone(), a]).is_err());
+        let d = desired(std::slice::from_ref(&a)).unwrap();
+        let want: Vec<SocketAddr> = vec![
+            "10.244.1.2:80".parse().unwrap(),
+            "10.244.1.3:80".parse().unwrap(),
+        ];
+        assert_eq!(d[&a.frontend].backends, want);
+        assert!(desired(&[a.clone(), a]).is_err());
     }
 }

@@ -1,0 +1,415 @@
+//! The desired dataplane state, computed from Kubernetes objects: a pure
+//! function of the (admitted) Services, the EndpointSlices and the node.
+//! Every source (manifests today, the API server later) feeds this same
+//! function, and the reconciler makes the maps equal to its result.
+//!
+//! Semantics follow kube-proxy: one frontend per (service IP, port,
+//! protocol) for each clusterIP, externalIP and load-balancer ingress IP,
+//! plus (node IP, nodePort) for NodePort and LoadBalancer Services; backends
+//! are the ready endpoints of the matching EndpointSlice port, falling back
+//! to serving-but-terminating ones when none is ready.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use svc_common::service_flags;
+
+use crate::{
+    dataplane::{Frontend, Protocol},
+    view::PortEndpoints,
+};
+
+/// Services with either label are left to another proxy (or to none).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// What the node contributes: its addresses, for NodePorts.
+#[derive(Clone, Debug, Default)]
+pub struct Node {
+    pub ips: Vec<IpAddr>,
+}
+
+/// Which service port a frontend serves, for stats and diagnostics.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub name: String,
+    pub port: String,
+}
+
+/// One frontend's desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub service: ServicePortName,
+    /// Backends, sorted and without duplicates.
+    pub backends: Vec<SocketAddr>,
+    pub flags: u16,
+}
+
+pub type Desired = BTreeMap<Frontend, Target>;
+
+/// Whether this proxy implements the Service at all.
+pub fn is_proxied(svc: &Service) -> bool {
+    let labels = svc.metadata.labels.as_ref();
+    let labelled = |l: &str| labels.is_some_and(|m| m.contains_key(l));
+    let spec = svc.spec.as_ref();
+    let kind = spec.and_then(|s| s.type_.as_deref()).unwrap_or("ClusterIP");
+    let headless = spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None");
+    !labelled(SERVICE_PROXY_NAME_LABEL)
+        && !labelled(HEADLESS_LABEL)
+        && kind != "ExternalName"
+        && !headless
+}
+
+pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> Desired {
+    let mut out = Desired::new();
+    for svc in services.iter().filter(|s| is_proxied(s)) {
+        let Some(spec) = &svc.spec else { continue };
+        let namespace = svc.metadata.namespace.clone().unwrap_or_default();
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let own_slices: Vec<&EndpointSlice> = slices
+            .iter()
+            .filter(|s| belongs_to(s, &namespace, &name))
+            .collect();
+        let mut flags = 0;
+        if spec.external_traffic_policy.as_deref() == Some("Local") {
+            flags |= service_flags::EXTERNAL_LOCAL;
+        }
+        if spec.session_affinity.as_deref() == Some("ClientIP") {
+            flags |= service_flags::AFFINITY;
+        }
+        let service_ips = service_ips(svc);
+        for port in spec.ports.iter().flatten() {
+            let Ok(proto) = port
+                .protocol
+                .as_deref()
+                .unwrap_or("TCP")
+                .parse::<Protocol>()
+            else {
+                continue;
+            };
+            let port_name = port.name.clone().unwrap_or_default();
+            let Ok(svc_port) = u16::try_from(port.port) else {
+                continue;
+            };
+            let backends_v4 = backends(&own_slices, &port_name, proto, "IPv4");
+            let backends_v6 = backends(&own_slices, &port_name, proto, "IPv6");
+            let target = |ip: IpAddr, flags: u16| Target {
+                service: ServicePortName {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    port: port_name.clone(),
+                },
+                backends: if ip.is_ipv4() {
+                    backends_v4.clone()
+                } else {
+                    backends_v6.clone()
+                },
+                flags,
+            };
+            for &ip in &service_ips {
+                let fe = Frontend {
+                    addr: SocketAddr::new(ip, svc_port),
+                    proto,
+                };
+                out.insert(fe, target(ip, flags));
+            }
+            if let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok()) {
+                for &ip in &node.ips {
+                    let fe = Frontend {
+                        addr: SocketAddr::new(ip, node_port),
+                        proto,
+                    };
+                    out.insert(fe, target(ip, flags | service_flags::NODE_PORT));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// clusterIPs, externalIPs and load-balancer ingress IPs.
+fn service_ips(svc: &Service) -> Vec<IpAddr> {
+    let spec = svc.spec.as_ref();
+    let cluster = spec
+        .and_then(|s| s.cluster_ips.clone())
+        .filter(|v| !v.is_empty())
+        .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
+        .unwrap_or_default();
+    let external = spec
+        .and_then(|s| s.external_ips.clone())
+        .unwrap_or_default();
+    let ingress: Vec<String> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|v| v.iter().filter_map(|i| i.ip.clone()).collect())
+        .unwrap_or_default();
+    let ips: BTreeSet<IpAddr> = cluster
+        .iter()
+        .chain(&external)
+        .chain(&ingress)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    ips.into_iter().collect()
+}
+
+fn belongs_to(slice: &EndpointSlice, namespace: &str, name: &str) -> bool {
+    slice.metadata.namespace.as_deref().unwrap_or("default") == namespace
+        && slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .is_some_and(|n| n == name)
+}
+
+/// Ready endpoints of one service port and family; if none is ready, the
+/// serving-but-terminating ones (kube-proxy's fallback, so connections
+/// drain instead of failing during a rollout).
+fn backends(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    proto: Protocol,
+    address_type: &str,
+) -> Vec<SocketAddr> {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for slice in slices.iter().filter(|s| s.address_type == address_type) {
+        let Some(port) = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or("") == port_name
+                && p.protocol
+                    .as_deref()
+                    .unwrap_or("TCP")
+                    .parse::<Protocol>()
+                    .ok()
+                    == Some(proto)
+        }) else {
+            continue;
+        };
+        let Some(port) = port.port.and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let c = ep.conditions.as_ref();
+            // Unset conditions mean ready and serving (API semantics).
+            let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
+            let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            for addr in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                let sa = SocketAddr::new(addr, port);
+                if is_ready {
+                    ready.insert(sa);
+                } else if serving && is_terminating {
+                    terminating.insert(sa);
+                }
+            }
+        }
+    }
+    if ready.is_empty() { terminating } else { ready }
+        .into_iter()
+        .collect()
+}
+
+/// Ready endpoints per service port (both families), for the CLI.
+pub fn port_endpoints(svc: &Service, slices: &[EndpointSlice]) -> Vec<PortEndpoints> {
+    let namespace = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let own: Vec<&EndpointSlice> = slices
+        .iter()
+        .filter(|s| belongs_to(s, &namespace, &name))
+        .collect();
+    svc.spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .map(|p| {
+            let port_name = p.name.clone().unwrap_or_default();
+            let proto = p
+                .protocol
+                .as_deref()
+                .unwrap_or("TCP")
+                .parse()
+                .unwrap_or(Protocol::Tcp);
+            let mut addresses = backends(&own, &port_name, proto, "IPv4");
+            addresses.extend(backends(&own, &port_name, proto, "IPv6"));
+            PortEndpoints {
+                port_name,
+                addresses,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn slice(v: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn web() -> Service {
+        svc(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30007},
+                               {"name": "dns", "port": 53, "protocol": "UDP"}]}
+        }))
+    }
+
+    fn web_slices() -> Vec<EndpointSlice> {
+        vec![
+            slice(json!({
+                "metadata": {"name": "web-a", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
+                "endpoints": [
+                    {"addresses": ["10.244.1.21"], "conditions": {"ready": true}},
+                    {"addresses": ["10.244.1.22"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+                    {"addresses": ["10.244.1.23"]}
+                ]
+            })),
+            slice(json!({
+                "metadata": {"name": "web-b", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv6",
+                "ports": [{"name": "http", "port": 8080}],
+                "endpoints": [{"addresses": ["fd00:244:1::21"], "conditions": {"ready": true}}]
+            })),
+            // Another namespace's slice of the same name must not count.
+            slice(json!({
+                "metadata": {"name": "web-c", "namespace": "other", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 9999}],
+                "endpoints": [{"addresses": ["10.244.9.9"]}]
+            })),
+        ]
+    }
+
+    fn fe(s: &str, proto: Protocol) -> Frontend {
+        Frontend {
+            addr: s.parse().unwrap(),
+            proto,
+        }
+    }
+
+    #[test]
+    fn every_ip_and_port_is_a_frontend_with_ready_backends_of_its_family() {
+        let node = Node {
+            ips: vec!["192.0.2.1".parse().unwrap()],
+        };
+        let d = desired(&[web()], &web_slices(), &node);
+        let keys: Vec<String> = d
+            .keys()
+            .map(|f| format!("{}/{:?}", f.addr, f.proto))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "10.96.0.10:53/Udp",
+                "10.96.0.10:80/Tcp",
+                "192.0.2.1:30007/Tcp",
+                "[fd00:96::10]:53/Udp",
+                "[fd00:96::10]:80/Tcp",
+            ]
+        );
+        let http = &d[&fe("10.96.0.10:80", Protocol::Tcp)];
+        let want: Vec<SocketAddr> = vec![
+            "10.244.1.21:8080".parse().unwrap(),
+            "10.244.1.23:8080".parse().unwrap(),
+        ];
+        assert_eq!(http.backends, want);
+        assert_eq!(http.flags, 0);
+        let np = &d[&fe("192.0.2.1:30007", Protocol::Tcp)];
+        assert_eq!(
+            (np.backends.clone(), np.flags),
+            (want, service_flags::NODE_PORT)
+        );
+        assert_eq!(
+            d[&fe("[fd00:96::10]:80", Protocol::Tcp)].backends,
+            vec!["[fd00:244:1::21]:8080".parse().unwrap()]
+        );
+        // The v6 slice has no dns port: no backends, but the frontend exists.
+        assert!(
+            d[&fe("[fd00:96::10]:53", Protocol::Udp)]
+                .backends
+                .is_empty()
+        );
+        assert_eq!(d[&fe("10.96.0.10:53", Protocol::Udp)].backends.len(), 2);
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_nothing_is_ready() {
+        let mut slices = web_slices();
+        for ep in &mut slices[0].endpoints {
+            if ep.addresses[0] != "10.244.1.22" {
+                ep.conditions = Some(serde_json::from_value(json!({"ready": false})).unwrap());
+            }
+        }
+        let d = desired(&[web()], &slices, &Node::default());
+        assert_eq!(
+            d[&fe("10.96.0.10:80", Protocol::Tcp)].backends,
+            vec!["10.244.1.22:8080".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn skipped_services_get_no_frontend() {
+        let mut headless = web();
+        headless.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+        headless.spec.as_mut().unwrap().cluster_ips = Some(vec!["None".into()]);
+        let external = svc(
+            json!({"metadata": {"name": "db"}, "spec": {"type": "ExternalName", "externalName": "db.example.com"}}),
+        );
+        let mut other_proxy = web();
+        other_proxy.metadata.labels =
+            Some([(SERVICE_PROXY_NAME_LABEL.to_string(), "x".to_string())].into());
+        let mut labelled_headless = web();
+        labelled_headless.metadata.labels =
+            Some([(HEADLESS_LABEL.to_string(), "".to_string())].into());
+        for s in [headless, external, other_proxy, labelled_headless] {
+            assert!(desired(&[s], &web_slices(), &Node::default()).is_empty());
+        }
+    }
+
+    #[test]
+    fn external_and_load_balancer_ips_are_frontends() {
+        let s = svc(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "externalIPs": ["198.51.100.7"],
+                     "externalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}, {"hostname": "lb.example.com"}]}}
+        }));
+        let d = desired(&[s], &web_slices(), &Node::default());
+        let addrs: Vec<String> = d.keys().map(|f| f.addr.to_string()).collect();
+        assert_eq!(
+            addrs,
+            ["10.96.0.10:80", "198.51.100.7:80", "203.0.113.9:80"]
+        );
+        assert!(d.values().all(|t| t.flags == service_flags::EXTERNAL_LOCAL));
+    }
+
+    #[test]
+    fn port_endpoints_lists_ready_addresses_per_port() {
+        let pe = port_endpoints(&web(), &web_slices());
+        assert_eq!(pe.len(), 2);
+        assert_eq!(pe[0].port_name, "http");
+        let got: Vec<String> = pe[0].addresses.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "10.244.1.21:8080",
+                "10.244.1.23:8080",
+                "[fd00:244:1::21]:8080"
+            ]
+        );
+    }
+}

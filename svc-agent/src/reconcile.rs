@@ -1,0 +1,362 @@
+//! Makes the maps equal to the desired state, changing only what differs,
+//! in an order that never lets a packet find a reference to something
+//! missing: new backends are written before any service slot points at
+//! them, and a backend is deleted only after no slot points at it.
+//!
+//! Ids: each distinct backend endpoint has a backend id, each frontend a
+//! service id (the index of its counters); both are reused once freed.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
+
+use anyhow::{Result, bail};
+use svc_common::MAX_SERVICES;
+
+use crate::{
+    dataplane::{Dataplane, Frontend},
+    model::Desired,
+};
+
+/// The map operations the reconciler needs; the dataplane implements
+/// them, and the unit tests record them.
+pub trait Maps {
+    fn set_backend(&mut self, id: u32, addr: SocketAddr) -> Result<()>;
+    fn remove_backend(&mut self, id: u32) -> Result<()>;
+    fn set_service(
+        &mut self,
+        fe: &Frontend,
+        service_id: u32,
+        flags: u16,
+        backends: &[u32],
+    ) -> Result<()>;
+    fn remove_service(&mut self, fe: &Frontend) -> Result<()>;
+}
+
+impl Maps for Dataplane {
+    fn set_backend(&mut self, id: u32, addr: SocketAddr) -> Result<()> {
+        Dataplane::set_backend(self, id, addr)
+    }
+    fn remove_backend(&mut self, id: u32) -> Result<()> {
+        Dataplane::remove_backend(self, id)
+    }
+    fn set_service(
+        &mut self,
+        fe: &Frontend,
+        service_id: u32,
+        flags: u16,
+        backends: &[u32],
+    ) -> Result<()> {
+        Dataplane::set_service(self, fe, service_id, flags, backends)
+    }
+    fn remove_service(&mut self, fe: &Frontend) -> Result<()> {
+        Dataplane::remove_service(self, fe)
+    }
+}
+
+/// What one frontend's slots hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Programmed {
+    pub service_id: u32,
+    pub flags: u16,
+    pub backend_ids: Vec<u32>,
+}
+
+/// The maps' content as the reconciler knows it.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    backends: BTreeMap<SocketAddr, u32>,
+    frontends: BTreeMap<Frontend, Programmed>,
+}
+
+/// Counts of what one `apply` changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub backends_added: usize,
+    pub backends_removed: usize,
+    pub frontends_set: usize,
+    pub frontends_removed: usize,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+}
+
+impl Reconciler {
+    /// Starts from maps that already hold state (pinned by an earlier
+    /// agent), so the first `apply` changes only what differs.
+    pub fn adopt(
+        backends: BTreeMap<u32, SocketAddr>,
+        frontends: BTreeMap<Frontend, Programmed>,
+    ) -> Self {
+        Self {
+            backends: backends.into_iter().map(|(id, addr)| (addr, id)).collect(),
+            frontends,
+        }
+    }
+
+    pub fn frontends(&self) -> &BTreeMap<Frontend, Programmed> {
+        &self.frontends
+    }
+
+    pub fn apply(&mut self, desired: &Desired, maps: &mut impl Maps) -> Result<Changes> {
+        let mut changes = Changes::default();
+
+        // 1. Backends that are new get ids and are written first.
+        let wanted: BTreeSet<SocketAddr> = desired
+            .values()
+            .flat_map(|t| t.backends.iter().copied())
+            .collect();
+        for addr in &wanted {
+            if !self.backends.contains_key(addr) {
+                let id = lowest_free(self.backends.values().copied(), 1, u32::MAX)?;
+                maps.set_backend(id, *addr)?;
+                self.backends.insert(*addr, id);
+                changes.backends_added += 1;
+            }
+        }
+
+        // 2. Frontends no longer wanted go (first, so their service ids are
+        //    free for newcomers).
+        let stale: Vec<Frontend> = self
+            .frontends
+            .keys()
+            .filter(|fe| !desired.contains_key(fe))
+            .copied()
+            .collect();
+        for fe in stale {
+            maps.remove_service(&fe)?;
+            self.frontends.remove(&fe);
+            changes.frontends_removed += 1;
+        }
+
+        // 3. Frontends whose slots differ are (re)written.
+        for (fe, target) in desired {
+            let backend_ids: Vec<u32> = target.backends.iter().map(|a| self.backends[a]).collect();
+            let service_id = match self.frontends.get(fe) {
+                Some(p) => p.service_id,
+                None => lowest_free(
+                    self.frontends.values().map(|p| p.service_id),
+                    0,
+                    MAX_SERVICES - 1,
+                )?,
+            };
+            let want = Programmed {
+                service_id,
+                flags: target.flags,
+                backend_ids,
+            };
+            if self.frontends.get(fe) != Some(&want) {
+                maps.set_service(fe, want.service_id, want.flags, &want.backend_ids)?;
+                self.frontends.insert(*fe, want);
+                changes.frontends_set += 1;
+            }
+        }
+
+        // 4. Backends nothing points at any more go last.
+        let unused: Vec<(SocketAddr, u32)> = self
+            .backends
+            .iter()
+            .filter(|(addr, _)| !wanted.contains(addr))
+            .map(|(a, id)| (*a, *id))
+            .collect();
+        for (addr, id) in unused {
+            maps.remove_backend(id)?;
+            self.backends.remove(&addr);
+            changes.backends_removed += 1;
+        }
+        Ok(changes)
+    }
+}
+
+/// The lowest id in `min..=max` not in `used`.
+fn lowest_free(used: impl Iterator<Item = u32>, min: u32, max: u32) -> Result<u32> {
+    let used: BTreeSet<u32> = used.collect();
+    let mut candidate = min;
+    for id in used.range(min..) {
+        if *id != candidate {
+            break;
+        }
+        candidate += 1;
+    }
+    if candidate > max {
+        bail!("all ids in {min}..={max} are in use");
+    }
+    Ok(candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        dataplane::Protocol,
+        model::{ServicePortName, Target},
+    };
+
+    /// Records operations and checks, like the kernel would, that no slot
+    /// ever names a backend that does not exist.
+    #[derive(Default)]
+    struct FakeMaps {
+        ops: Vec<String>,
+        backends: BTreeMap<u32, SocketAddr>,
+        services: BTreeMap<Frontend, Vec<u32>>,
+    }
+
+    impl Maps for FakeMaps {
+        fn set_backend(&mut self, id: u32, addr: SocketAddr) -> Result<()> {
+            self.ops.push(format!("+backend {id} {addr}"));
+            self.backends.insert(id, addr);
+            Ok(())
+        }
+        fn remove_backend(&mut self, id: u32) -> Result<()> {
+            self.ops.push(format!("-backend {id}"));
+            assert!(
+                self.services.values().all(|ids| !ids.contains(&id)),
+                "backend {id} deleted while referenced"
+            );
+            self.backends.remove(&id);
+            Ok(())
+        }
+        fn set_service(&mut self, fe: &Frontend, sid: u32, _flags: u16, ids: &[u32]) -> Result<()> {
+            self.ops
+                .push(format!("+service {} #{sid} {ids:?}", fe.addr));
+            assert!(
+                ids.iter().all(|id| self.backends.contains_key(id)),
+                "dangling slot"
+            );
+            self.services.insert(*fe, ids.to_vec());
+            Ok(())
+        }
+        fn remove_service(&mut self, fe: &Frontend) -> Result<()> {
+            self.ops.push(format!("-service {}", fe.addr));
+            self.services.remove(fe);
+            Ok(())
+        }
+    }
+
+    fn fe(addr: &str) -> Frontend {
+        Frontend {
+            addr: addr.parse().unwrap(),
+            proto: Protocol::Tcp,
+        }
+    }
+
+    fn desired(entries: &[(&str, &[&str])]) -> Desired {
+        entries
+            .iter()
+            .map(|(f, bs)| {
+                let target = Target {
+                    service: ServicePortName {
+                        namespace: "default".into(),
+                        name: (*f).into(),
+                        port: String::new(),
+                    },
+                    backends: bs.iter().map(|b| b.parse().unwrap()).collect(),
+                    flags: 0,
+                };
+                (fe(f), target)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_backends_first_and_deletes_them_last() {
+        let mut r = Reconciler::default();
+        let mut m = FakeMaps::default();
+        r.apply(
+            &desired(&[("10.96.0.10:80", &["10.244.1.21:80", "10.244.1.22:80"])]),
+            &mut m,
+        )
+        .unwrap();
+        assert_eq!(
+            m.ops,
+            [
+                "+backend 1 10.244.1.21:80",
+                "+backend 2 10.244.1.22:80",
+                "+service 10.96.0.10:80 #0 [1, 2]"
+            ]
+        );
+        m.ops.clear();
+        // Replace one backend: the new one is written before the slot moves
+        // to it, the old one deleted after.
+        r.apply(
+            &desired(&[("10.96.0.10:80", &["10.244.1.22:80", "10.244.1.23:80"])]),
+            &mut m,
+        )
+        .unwrap();
+        assert_eq!(
+            m.ops,
+            [
+                "+backend 3 10.244.1.23:80",
+                "+service 10.96.0.10:80 #0 [2, 3]",
+                "-backend 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn unchanged_state_writes_nothing() {
+        let mut r = Reconciler::default();
+        let mut m = FakeMaps::default();
+        let d = desired(&[
+            ("10.96.0.10:80", &["10.244.1.21:80"]),
+            ("10.96.0.11:80", &["10.244.1.21:80"]),
+        ]);
+        r.apply(&d, &mut m).unwrap();
+        m.ops.clear();
+        assert!(r.apply(&d, &mut m).unwrap().is_empty());
+        assert!(m.ops.is_empty());
+    }
+
+    #[test]
+    fn shared_backends_share_an_id_and_ids_are_reused() {
+        let mut r = Reconciler::default();
+        let mut m = FakeMaps::default();
+        r.apply(
+            &desired(&[
+                ("10.96.0.10:80", &["10.244.1.21:80"]),
+                ("10.96.0.11:80", &["10.244.1.21:80"]),
+            ]),
+            &mut m,
+        )
+        .unwrap();
+        assert_eq!(m.backends.len(), 1);
+        assert_eq!(r.frontends()[&fe("10.96.0.11:80")].service_id, 1);
+        // The first service goes; its id is free for the next newcomer.
+        r.apply(
+            &desired(&[
+                ("10.96.0.11:80", &["10.244.1.21:80"]),
+                ("10.96.0.12:80", &[]),
+            ]),
+            &mut m,
+        )
+        .unwrap();
+        assert_eq!(r.frontends()[&fe("10.96.0.12:80")].service_id, 0);
+        assert_eq!(r.frontends()[&fe("10.96.0.11:80")].service_id, 1);
+        assert!(m.services.contains_key(&fe("10.96.0.12:80")));
+        assert!(!m.services.contains_key(&fe("10.96.0.10:80")));
+    }
+
+    #[test]
+    fn adopting_existing_maps_changes_only_the_difference() {
+        let d = desired(&[("10.96.0.10:80", &["10.244.1.21:80"])]);
+        let mut first = Reconciler::default();
+        let mut m = FakeMaps::default();
+        first.apply(&d, &mut m).unwrap();
+        let backends = m.backends.clone();
+        let mut r = Reconciler::adopt(backends, first.frontends().clone());
+        m.ops.clear();
+        assert!(r.apply(&d, &mut m).unwrap().is_empty());
+        r.apply(&desired(&[]), &mut m).unwrap();
+        assert_eq!(m.ops, ["-service 10.96.0.10:80", "-backend 1"]);
+    }
+
+    #[test]
+    fn lowest_free_fills_gaps() {
+        assert_eq!(lowest_free([1, 2, 4].into_iter(), 1, 10).unwrap(), 3);
+        assert_eq!(lowest_free([].into_iter(), 0, 10).unwrap(), 0);
+        assert!(lowest_free([0, 1].into_iter(), 0, 1).is_err());
+    }
+}

@@ -1,0 +1,283 @@
+//! A one-node cluster in the sandbox: the real `svc-agent` binary running
+//! in the node namespace on a manifests directory, and a stand-in kubelet
+//! that starts pods (namespaces running the pod server) and writes their
+//! Pod objects, status included, where the agent reads them.
+//!
+//! Everything lives under `/run/svc-sandbox/<node namespace>/`: manifests,
+//! agent state, the socket, and a bpffs mounted for this cluster's pins
+//! (visible inside `ip netns exec`, unlike /sys/fs/bpf, which that
+//! remounts). Drop stops the agent, runs `svc-agent cleanup`, unmounts and
+//! removes it all.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+
+use crate::{
+    netns::{self, sh},
+    sandbox::{Pod, Sandbox, UPLINK},
+};
+
+pub const SERVICE_CIDRS: &str = "10.96.0.0/16,fd00:96::/112";
+pub const NODE_IPS: &str = "192.0.2.1,2001:db8::1";
+
+pub struct Cluster {
+    pub sb: Sandbox,
+    pub dir: PathBuf,
+    agent: Option<Child>,
+    mount_cleanup: u32,
+}
+
+/// The agent binary: `SVC_AGENT_BIN`, or the one cargo built next to the
+/// running test (`cargo xtask test` builds it first).
+pub fn agent_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SVC_AGENT_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("svc-agent");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "no svc-agent binary near {}: build it (`cargo build -p svc-agent`; `cargo xtask test` does)",
+        exe.display()
+    )
+}
+
+impl Cluster {
+    /// A node with a client pod (`client`, pod number 10); no agent yet.
+    pub fn new(tag: &str) -> Result<Self> {
+        let mut sb = Sandbox::new(tag)?;
+        sb.add_pod("client", 10)?;
+        let dir = PathBuf::from("/run/svc-sandbox").join(sb.node.name());
+        for sub in ["manifests", "state", "bpf"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let bpf = dir.join("bpf");
+        let bpf_str = bpf.to_string_lossy().into_owned();
+        sh(Command::new("mount").args(["-t", "bpf", "bpf", &bpf_str]))?;
+        let mount_cleanup = netns::on_interrupt(&["umount", "-l", &bpf_str]);
+        Ok(Self {
+            sb,
+            dir,
+            agent: None,
+            mount_cleanup,
+        })
+    }
+
+    pub fn manifests(&self) -> PathBuf {
+        self.dir.join("manifests")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    pub fn bpffs(&self) -> PathBuf {
+        self.dir.join("bpf")
+    }
+
+    /// Starts `svc-agent run` in the node namespace and waits until it
+    /// answers on its socket.
+    pub fn start_agent(&mut self) -> Result<()> {
+        if self.agent.is_some() {
+            bail!("the agent already runs");
+        }
+        let log = std::fs::File::create(self.dir.join("agent.log"))?;
+        let child = self
+            .sb
+            .node
+            .command(agent_binary()?.to_str().unwrap())
+            .args(["run", "--manifests"])
+            .arg(self.manifests())
+            .args(["--uplinks", UPLINK, "--pod-interfaces", "vpod*"])
+            .args(["--service-cidr", SERVICE_CIDRS, "--node-ip", NODE_IPS])
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--bpffs-dir")
+            .arg(self.bpffs().join("svc-agent"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting svc-agent")?;
+        self.agent = Some(child);
+        self.wait_for("the agent to answer", Duration::from_secs(20), || {
+            self.cli(&["get", "services", "-A"]).is_ok()
+        })
+    }
+
+    /// Stops the agent with SIGTERM, as a DaemonSet rollout would.
+    pub fn stop_agent(&mut self) -> Result<()> {
+        if let Some(mut child) = self.agent.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// The agent's log so far, for failure messages.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Runs the `svc-agent` CLI against this cluster's agent.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = sh(Command::new(agent_binary()?)
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket()))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Writes a manifest file atomically (as `kubectl apply` replaces an
+    /// object whole).
+    pub fn write(&self, file: &str, text: &str) -> Result<()> {
+        let tmp = self.manifests().join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.manifests().join(file))?;
+        Ok(())
+    }
+
+    pub fn remove(&self, file: &str) -> Result<()> {
+        std::fs::remove_file(self.manifests().join(file))?;
+        Ok(())
+    }
+
+    /// The kubelet's part: starts pod `name` (number `n`, see
+    /// `Sandbox::add_pod`) serving `ports` and publishes its Pod object.
+    pub fn run_pod(
+        &mut self,
+        name: &str,
+        n: u8,
+        labels: &[(&str, &str)],
+        ports: &[(&str, u16)],
+    ) -> Result<()> {
+        let pod = self.sb.add_pod(name, n)?;
+        let numbers: Vec<u16> = ports.iter().map(|(_, p)| *p).collect();
+        pod.serve_ports(&numbers)?;
+        let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        let ports: Vec<(String, u16)> = ports.iter().map(|(n, p)| (n.to_string(), *p)).collect();
+        self.publish_pod(name, &labels, &ports, true)
+    }
+
+    /// Writes pod `name`'s object with the given readiness.
+    pub fn publish_pod(
+        &self,
+        name: &str,
+        labels: &BTreeMap<&str, &str>,
+        ports: &[(String, u16)],
+        ready: bool,
+    ) -> Result<()> {
+        let pod = self.sb.pod(name);
+        let container_ports: Vec<_> = ports
+            .iter()
+            .map(|(n, p)| {
+                let mut port = json!({"containerPort": p});
+                if !n.is_empty() {
+                    port["name"] = json!(n);
+                }
+                port
+            })
+            .collect();
+        let object = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": labels},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "pod-server", "ports": container_ports}]},
+            "status": {
+                "phase": "Running",
+                "podIP": pod.ipv4.to_string(),
+                "podIPs": [{"ip": pod.ipv4.to_string()}, {"ip": pod.ipv6.to_string()}],
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]
+            }
+        });
+        self.write(
+            &format!("pod-{name}.json"),
+            &serde_json::to_string_pretty(&object)?,
+        )
+    }
+
+    /// The kubelet's part of deleting a pod: its object goes first, then
+    /// (after the agent has had time to drop it) its namespace.
+    pub fn delete_pod(&mut self, name: &str) -> Result<()> {
+        self.remove(&format!("pod-{name}.json"))?;
+        Ok(())
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.sb.pod(name)
+    }
+
+    /// Polls `done` every 20 ms until it holds or `timeout` passes.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut() -> bool,
+    ) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if done() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "timed out waiting for {what}; agent log:\n{}",
+            self.agent_log()
+        )
+    }
+
+    /// Waits until `get services` shows a line containing every needle.
+    pub fn wait_for_service(&self, needles: &[&str]) -> Result<()> {
+        self.wait_for(
+            &format!("a service line with {needles:?}"),
+            Duration::from_secs(10),
+            || {
+                self.cli(&["get", "services", "-A", "-o", "wide"])
+                    .is_ok_and(|out| out.lines().any(|l| needles.iter().all(|n| l.contains(n))))
+            },
+        )
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Ok(bin) = agent_binary() {
+            let _ = Command::new(bin)
+                .arg("cleanup")
+                .arg("--bpffs-dir")
+                .arg(self.bpffs().join("svc-agent"))
+                .arg("--state-dir")
+                .arg(self.dir.join("state"))
+                .output();
+        }
+        let _ = Command::new("umount").arg("-l").arg(self.bpffs()).output();
+        netns::forget(self.mount_cleanup);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads a pinned map's keys count, to watch the dataplane from outside.
+pub fn pinned_map_len(path: &Path) -> Result<usize> {
+    let map = aya::maps::MapData::from_pin(path)?;
+    let map = aya::maps::Map::HashMap(map);
+    let hm: aya::maps::HashMap<_, svc_common::ServiceKey, svc_common::ServiceValue> =
+        aya::maps::HashMap::try_from(map)?;
+    Ok(hm.keys().filter(|k| k.is_ok()).count())
+}

@@ -1,0 +1,384 @@
+//! End to end with the real agent: Services, Pods and EndpointSlices as
+//! manifests, the agent process in the node namespace, real clients.
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use tests::{
+    cluster::Cluster,
+    netns::NetNs,
+    sandbox::{http_get, udp_ask},
+};
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  selector:
+    app: web
+  ports:
+  - name: http
+    port: 80
+    targetPort: http
+    nodePort: 30080
+  - name: alt
+    port: 8000
+    targetPort: 9090
+  - name: dns
+    protocol: UDP
+    port: 53
+    targetPort: 8080
+"#;
+
+/// A cluster with the agent running, pods web-a and web-b (app=web,
+/// named port http=8080, and 9090) and the `web` Service.
+fn web_cluster(tag: &str) -> Cluster {
+    let mut c = Cluster::new(tag).expect("sandbox (needs root)");
+    c.start_agent().unwrap();
+    for (name, n) in [("web-a", 21), ("web-b", 22)] {
+        c.run_pod(name, n, &[("app", "web")], &[("http", 8080), ("", 9090)])
+            .unwrap();
+    }
+    c.write("web.yaml", WEB).unwrap();
+    c.wait_for_service(&["web", "80:30080/TCP"]).unwrap();
+    c
+}
+
+fn service_ips(c: &Cluster, name: &str) -> Vec<IpAddr> {
+    let json: serde_json::Value =
+        serde_json::from_str(&c.cli(&["get", "services", "-o", "json"]).unwrap()).unwrap();
+    let item = json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no service {name}"));
+    item["spec"]["clusterIPs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| ip.as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Asks `n` times; every request must succeed; returns who answered.
+fn answers(ns: &NetNs, ip: IpAddr, port: u16, udp: bool, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .map(|i| {
+            let r = if udp {
+                udp_ask(ns, ip, port)
+            } else {
+                http_get(ns, ip, port)
+            };
+            r.unwrap_or_else(|e| panic!("request {i} to {ip}:{port} failed: {e:#}"))
+        })
+        .collect()
+}
+
+fn both() -> BTreeSet<String> {
+    ["web-a", "web-b"].map(String::from).into()
+}
+
+#[test]
+fn clusterip_nodeport_multiport_named_target_port_and_dual_stack() {
+    let c = web_cluster("agent-svc");
+    let ips = service_ips(&c, "web");
+    assert_eq!(
+        ips.len(),
+        2,
+        "RequireDualStack gives two cluster IPs: {ips:?}"
+    );
+    assert!(ips[0].is_ipv4() && ips[1].is_ipv6());
+    let client = &c.pod("client").ns;
+    for ip in &ips {
+        // Named targetPort "http" resolves to 8080 in each pod.
+        assert_eq!(answers(client, *ip, 80, false, 12), both(), "{ip}:80");
+        // Second port of the same Service, numeric targetPort.
+        assert_eq!(answers(client, *ip, 8000, false, 12), both(), "{ip}:8000");
+        assert_eq!(answers(client, *ip, 53, true, 12), both(), "{ip}:53/UDP");
+    }
+    // The NodePort from outside the node, through XDP on the uplink.
+    for node_ip in ["192.0.2.1", "2001:db8::1"] {
+        assert_eq!(
+            answers(&c.sb.external, node_ip.parse().unwrap(), 30080, false, 12),
+            both(),
+            "{node_ip}"
+        );
+    }
+    let table = c.cli(&["get", "services"]).unwrap();
+    assert!(table.starts_with("NAME "), "{table}");
+    assert!(table.contains("80:30080/TCP,8000:"), "{table}");
+    let describe = c.cli(&["describe", "service", "web"]).unwrap();
+    assert!(
+        describe.contains("TargetPort:") && describe.contains("http/TCP"),
+        "{describe}"
+    );
+    assert!(describe.contains("10.244.1.21:8080"), "{describe}");
+}
+
+/// Requests in a loop from a background thread, counting failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Result<String, String>>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(c: &Cluster, ip: IpAddr, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let ns_name = c.pod("client").ns.name().to_string();
+        let thread = {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                // Bounded: at most 2000 requests.
+                for _ in 0..2000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let out = std::process::Command::new("ip")
+                        .args(["netns", "exec", &ns_name, "curl", "-sS", "--max-time", "3"])
+                        .arg(tests::sandbox::url(ip, port))
+                        .output();
+                    let r = match out {
+                        Ok(o) if o.status.success() => {
+                            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+                        }
+                        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    seen.lock().unwrap().push(r);
+                }
+            })
+        };
+        Self {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Answers since the last call.
+    fn take(&self) -> Vec<Result<String, String>> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+
+    /// Waits until a request succeeds with an answer in `want` only (and
+    /// asserts nothing failed meanwhile).
+    fn wait_until_only(&self, c: &Cluster, want: &[&str], log: &mut Vec<Result<String, String>>) {
+        let start = log.len();
+        let waited = c.wait_for(
+            &format!("only {want:?} to answer"),
+            Duration::from_secs(15),
+            || {
+                log.extend(self.take());
+                // Four fresh answers in a row, all from `want`.
+                log.len() >= start + 4
+                    && log[log.len() - 4..]
+                        .iter()
+                        .all(|r| r.as_ref().is_ok_and(|n| want.contains(&n.as_str())))
+            },
+        );
+        if let Err(e) = waited {
+            panic!(
+                "{e:#}\nlast answers: {:?}",
+                &log[log.len().saturating_sub(4)..]
+            );
+        }
+    }
+
+    fn finish(mut self) -> Vec<Result<String, String>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.take()
+    }
+}
+
+fn assert_no_failures(log: &[Result<String, String>]) {
+    let failed: Vec<_> = log.iter().filter(|r| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        log.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(log.len() > 10, "too few requests to tell: {}", log.len());
+}
+
+#[test]
+fn scaling_endpoints_under_load_fails_no_request() {
+    let mut c = Cluster::new("agent-scale").unwrap();
+    c.start_agent().unwrap();
+    c.run_pod(
+        "web-a",
+        21,
+        &[("app", "web")],
+        &[("http", 8080), ("", 9090)],
+    )
+    .unwrap();
+    c.write("web.yaml", WEB).unwrap();
+    c.wait_for_service(&["web", "10.244.1.21:8080"]).unwrap();
+    let ip = service_ips(&c, "web")[0];
+    let load = Load::start(&c, ip, 80);
+    let mut log = Vec::new();
+    load.wait_until_only(&c, &["web-a"], &mut log);
+
+    // Scale up: the new pod starts taking requests.
+    c.run_pod(
+        "web-b",
+        22,
+        &[("app", "web")],
+        &[("http", 8080), ("", 9090)],
+    )
+    .unwrap();
+    c.wait_for("web-b to answer", Duration::from_secs(15), || {
+        let batch = load.take();
+        let hit = batch.iter().any(|r| r.as_deref() == Ok("web-b"));
+        log.extend(batch);
+        hit
+    })
+    .unwrap();
+
+    // Scale down: web-a turns not-ready, then its object goes; it keeps
+    // running until then, as a terminating pod would.
+    let labels = [("app", "web")].into_iter().collect();
+    let ports = [("http".to_string(), 8080), (String::new(), 9090)];
+    c.publish_pod("web-a", &labels, &ports, false).unwrap();
+    load.wait_until_only(&c, &["web-b"], &mut log);
+    c.delete_pod("web-a").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    log.extend(load.finish());
+    assert_no_failures(&log);
+    assert!(
+        log.iter().any(|r| r.as_deref() == Ok("web-a"))
+            && log.iter().any(|r| r.as_deref() == Ok("web-b"))
+    );
+}
+
+#[test]
+fn service_deletion_and_port_changes_take_effect() {
+    let c = web_cluster("agent-edit");
+    let ip = service_ips(&c, "web")[0];
+    let client = &c.pod("client").ns;
+    assert_eq!(answers(client, ip, 80, false, 6), both());
+
+    // Change port 80 to 81: 81 answers, 80 no longer does.
+    c.write("web.yaml", &WEB.replace("port: 80\n", "port: 81\n"))
+        .unwrap();
+    c.wait_for_service(&["web", "81:30080/TCP"]).unwrap();
+    assert_eq!(answers(client, ip, 81, false, 6), both());
+    assert!(
+        http_get(client, ip, 80).is_err(),
+        "port 80 still served after the change"
+    );
+
+    // Delete the Service: its DNAT goes, the cluster IP stops answering.
+    c.remove("web.yaml").unwrap();
+    c.wait_for("web to disappear", Duration::from_secs(10), || {
+        !c.cli(&["get", "services"])
+            .unwrap_or_default()
+            .contains("web")
+    })
+    .unwrap();
+    assert!(
+        http_get(client, ip, 81).is_err(),
+        "deleted service still answers"
+    );
+    assert!(http_get(&c.sb.external, "192.0.2.1".parse().unwrap(), 30080).is_err());
+}
+
+#[test]
+fn invalid_manifests_are_rejected_and_the_rest_keeps_serving() {
+    let c = web_cluster("agent-invalid");
+    let ip = service_ips(&c, "web")[0];
+    // A new Service with a cluster IP outside the service CIDR.
+    c.write(
+        "bad.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\nspec:\n  clusterIP: 10.200.0.1\n  ports:\n  - port: 80\n",
+    )
+    .unwrap();
+    // An invalid update of the working Service, and a file that is not YAML.
+    c.write("web.yaml", &WEB.replace("protocol: UDP", "protocol: ICMP"))
+        .unwrap();
+    c.write("junk.yaml", "kind: [unclosed\n").unwrap();
+    c.wait_for("the rejection event", Duration::from_secs(10), || {
+        c.cli(&["describe", "service", "web"])
+            .is_ok_and(|d| d.contains("Unsupported value: \"ICMP\""))
+    })
+    .unwrap();
+    let err = c
+        .cli(&["describe", "service", "bad"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Service \"bad\" is invalid") && err.contains("10.200.0.1"),
+        "{err}"
+    );
+    assert!(err.contains("NotFound"), "{err}");
+    assert!(!c.cli(&["get", "services"]).unwrap().contains("bad"));
+    // The earlier version of web is still served, UDP port included.
+    let client = &c.pod("client").ns;
+    assert_eq!(answers(client, ip, 80, false, 6), both());
+    assert_eq!(answers(client, ip, 53, true, 6), both());
+}
+
+#[test]
+fn agent_restart_under_traffic_fails_no_request_and_cleanup_removes_everything() {
+    let mut c = web_cluster("agent-restart");
+    let ip = service_ips(&c, "web")[0];
+    let load = Load::start(&c, ip, 80);
+    let mut log = Vec::new();
+    load.wait_until_only(&c, &["web-a", "web-b"], &mut log);
+
+    // No agent: the pinned dataplane keeps serving new connections.
+    c.stop_agent().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let during = load.take();
+    assert!(during.len() > 5, "no requests while the agent was down");
+    log.extend(during);
+
+    // A new agent adopts the pins and reconciles instead of rebuilding.
+    c.start_agent().unwrap();
+    c.wait_for_service(&["web", "80:30080/TCP"]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    log.extend(load.finish());
+    assert_no_failures(&log);
+    let agent_log = c.agent_log();
+    assert!(agent_log.contains("adopting"), "{agent_log}");
+
+    // Cleanup detaches everything and removes the pins.
+    c.stop_agent().unwrap();
+    let bin = tests::cluster::agent_binary().unwrap();
+    let out = std::process::Command::new(bin)
+        .arg("cleanup")
+        .arg("--bpffs-dir")
+        .arg(c.bpffs().join("svc-agent"))
+        .arg("--state-dir")
+        .arg(c.dir.join("state"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!c.bpffs().join("svc-agent").exists());
+    assert!(
+        http_get(&c.pod("client").ns, ip, 80).is_err(),
+        "still DNATed after cleanup"
+    );
+    let links = c.sb.node.run(&["ip", "link", "show"]).unwrap();
+    assert!(!links.contains("xdp"), "XDP still attached: {links}");
+}
