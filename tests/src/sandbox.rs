@@ -276,14 +276,31 @@ pub fn http_get(ns: &NetNs, addr: std::net::IpAddr, port: u16) -> Result<String>
 /// One UDP request from inside `ns` (a short Python client: socat would
 /// wait out its timeout after the answer, UDP having no end of stream).
 pub fn udp_ask(ns: &NetNs, addr: std::net::IpAddr, port: u16) -> Result<String> {
+    udp_ask_from(ns, addr, port, 0)
+}
+
+/// Like `udp_ask`, from a fixed source port (0: any), so that repeated
+/// calls are one and the same flow.
+pub fn udp_ask_from(
+    ns: &NetNs,
+    addr: std::net::IpAddr,
+    port: u16,
+    src_port: u16,
+) -> Result<String> {
     const CLIENT: &str = "import socket, sys\n\
         a = (sys.argv[1], int(sys.argv[2]))\n\
         s = socket.socket(socket.AF_INET6 if ':' in a[0] else socket.AF_INET, socket.SOCK_DGRAM)\n\
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+        s.bind(('', int(sys.argv[3])))\n\
         s.settimeout(3)\n\
         s.sendto(b'ping', a)\n\
         print(s.recv(65535).decode().strip())\n";
-    let out = sh(ns
-        .command("python3")
-        .args(["-c", CLIENT, &addr.to_string(), &port.to_string()]))?;
+    let out = sh(ns.command("python3").args([
+        "-c",
+        CLIENT,
+        &addr.to_string(),
+        &port.to_string(),
+        &src_port.to_string(),
+    ]))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

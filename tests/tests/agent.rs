@@ -14,7 +14,7 @@ use std::{
 use tests::{
     cluster::Cluster,
     netns::NetNs,
-    sandbox::{http_get, udp_ask},
+    sandbox::{http_get, udp_ask, udp_ask_from},
 };
 
 const WEB: &str = r#"
@@ -337,13 +337,21 @@ fn invalid_manifests_are_rejected_and_the_rest_keeps_serving() {
 #[test]
 fn agent_restart_under_traffic_fails_no_request_and_cleanup_removes_everything() {
     let mut c = web_cluster("agent-restart");
-    let ip = service_ips(&c, "web")[0];
+    let ips = service_ips(&c, "web");
+    let ip = ips[0];
     let load = Load::start(&c, ip, 80);
     let mut log = Vec::new();
     load.wait_until_only(&c, &["web-a", "web-b"], &mut log);
+    // One UDP flow (fixed source port): it must stay on its backend
+    // through the restart, as established connections do.
+    let flow_backend = udp_ask_from(&c.pod("client").ns, ip, 53, 40053).unwrap();
 
     // No agent: the pinned dataplane keeps serving new connections.
     c.stop_agent().unwrap();
+    assert_eq!(
+        udp_ask_from(&c.pod("client").ns, ip, 53, 40053).unwrap(),
+        flow_backend
+    );
     std::thread::sleep(Duration::from_secs(1));
     let during = load.take();
     assert!(during.len() > 5, "no requests while the agent was down");
@@ -357,6 +365,29 @@ fn agent_restart_under_traffic_fails_no_request_and_cleanup_removes_everything()
     assert_no_failures(&log);
     let agent_log = c.agent_log();
     assert!(agent_log.contains("adopting"), "{agent_log}");
+    // Allocations are stable across restarts (kept in the state directory).
+    assert_eq!(service_ips(&c, "web"), ips);
+    assert_eq!(
+        udp_ask_from(&c.pod("client").ns, ip, 53, 40053).unwrap(),
+        flow_backend
+    );
+    // A third backend changes where the hash sends new flows; the flow's
+    // conntrack entry, which survived the restart in the pinned map, keeps
+    // it where it was.
+    c.run_pod(
+        "web-c",
+        23,
+        &[("app", "web")],
+        &[("http", 8080), ("", 9090)],
+    )
+    .unwrap();
+    c.wait_for_service(&["web", "10.244.1.23:8080"]).unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            udp_ask_from(&c.pod("client").ns, ip, 53, 40053).unwrap(),
+            flow_backend
+        );
+    }
 
     // Cleanup detaches everything and removes the pins.
     c.stop_agent().unwrap();
@@ -381,4 +412,20 @@ fn agent_restart_under_traffic_fails_no_request_and_cleanup_removes_everything()
     );
     let links = c.sb.node.run(&["ip", "link", "show"]).unwrap();
     assert!(!links.contains("xdp"), "XDP still attached: {links}");
+}
+
+#[test]
+fn cli_says_clearly_when_no_agent_runs() {
+    let out = std::process::Command::new(tests::cluster::agent_binary().unwrap())
+        .args([
+            "get",
+            "services",
+            "--socket",
+            "/run/svc-sandbox/no-agent-here.sock",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no svc-agent is running"), "{err}");
 }
