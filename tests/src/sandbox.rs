@@ -191,6 +191,20 @@ impl Sandbox {
         Ok(self.pods.last_mut().unwrap())
     }
 
+    /// Loads a dataplane (maps of its own, nothing pinned) and attaches it
+    /// as the agent would: XDP on the uplink, tcx on every pod veth.
+    pub fn attach_dataplane(&self) -> Result<svc_agent::dataplane::Dataplane> {
+        let veths: Vec<&str> = self.pods.iter().map(|p| p.node_veth.as_str()).collect();
+        self.node.enter(|| {
+            let mut dp = svc_agent::dataplane::Dataplane::load()?;
+            dp.attach_xdp(UPLINK)?;
+            for veth in &veths {
+                dp.attach_tc(veth)?;
+            }
+            Ok(dp)
+        })
+    }
+
     pub fn pod(&self, name: &str) -> &Pod {
         self.pods
             .iter()

@@ -36,15 +36,7 @@ fn cluster(tag: &str) -> Result<(Sandbox, Dataplane)> {
     sb.add_pod("client", 10)?;
     sb.add_pod("backend-a", 21)?.serve(8080)?;
     sb.add_pod("backend-b", 22)?.serve(8080)?;
-    let veths: Vec<String> = sb.pods.iter().map(|p| p.node_veth.clone()).collect();
-    let mut dp = sb.node.enter(|| {
-        let mut dp = Dataplane::load()?;
-        dp.attach_xdp(UPLINK)?;
-        for veth in &veths {
-            dp.attach_tc(veth)?;
-        }
-        Ok(dp)
-    })?;
+    let mut dp = sb.attach_dataplane()?;
     let specs: Vec<StaticService> = [
         format!("{VIP4}:{PORT}/tcp=10.244.1.21:8080,10.244.1.22:8080"),
         format!("{VIP4}:{PORT}/udp=10.244.1.21:8080,10.244.1.22:8080"),

@@ -13,12 +13,12 @@ use aya::{
     Ebpf, TestRun as _, TestRunOptions,
     programs::{SchedClassifier, Xdp},
 };
-use svc_agent::dataplane::{BASELINE_OBJECT, Dataplane};
+use svc_agent::dataplane::BASELINE_OBJECT;
 use tests::{
     netns::sh,
     packet::Spec,
     progtest::{Fixture, Hook},
-    sandbox::{Sandbox, UPLINK},
+    sandbox::Sandbox,
 };
 
 /// Runs per measurement and repeats inside the kernel per run.
@@ -184,20 +184,12 @@ fn throughput() -> Result<()> {
         .stdout(std::process::Stdio::null())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(300));
-    let veths: Vec<String> = sb.pods.iter().map(|p| p.node_veth.clone()).collect();
 
     let (mut plain, mut via_vip, mut attached_direct) = (Vec::new(), Vec::new(), Vec::new());
     let result = (|| -> Result<()> {
         for _ in 0..IPERF_ROUNDS {
             plain.push(iperf_gbps(&sb, "10.244.1.21")?);
-            let mut dp = sb.node.enter(|| {
-                let mut dp = Dataplane::load()?;
-                dp.attach_xdp(UPLINK)?;
-                for v in &veths {
-                    dp.attach_tc(v)?;
-                }
-                Ok(dp)
-            })?;
+            let mut dp = sb.attach_dataplane()?;
             let spec = "10.96.0.10:5201/tcp=10.244.1.21:5201".parse()?;
             tests::static_services::apply(&mut dp, &[spec])?;
             via_vip.push(iperf_gbps(&sb, "10.96.0.10")?);
