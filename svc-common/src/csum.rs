@@ -56,6 +56,12 @@ impl Diff {
         d
     }
 
+    /// Both differences together.
+    #[inline(always)]
+    pub const fn add(self, other: Diff) -> Self {
+        Self(self.0 + other.0)
+    }
+
     /// Applies the difference to a full checksum field (RFC 1624 eqn. 3).
     #[inline(always)]
     pub const fn apply_full(self, check: u16) -> u16 {

@@ -125,12 +125,22 @@ pub struct FlowKey {
 pub struct NatEntry {
     pub addr: [u8; 16],
     pub port: u16,
-    pub _pad: u16,
+    /// `nat_flags` bits.
+    pub flags: u16,
     /// Backend the flow is pinned to; checked against `BACKENDS` on every
     /// forward hit so a deleted backend's flows are rebalanced.
     pub backend_id: u32,
     pub service_id: u32,
     pub _pad2: u32,
+}
+
+/// Bits of [`NatEntry::flags`].
+pub mod nat_flags {
+    /// The client is its own backend (a pod reaching its own Service). Its
+    /// packets are source-NATed to the frontend address too, so that the
+    /// backend's answer leaves the pod and comes back through the program
+    /// (kube-proxy masquerades such hairpin traffic for the same reason).
+    pub const HAIRPIN: u16 = 1 << 0;
 }
 
 /// Per-CPU counters of one service, indexed by service id.

@@ -1,7 +1,10 @@
 //! The load-balancing decision: which packets are service traffic, which
 //! backend a flow goes to, and which packets are replies to translate back.
 //! Pure map logic; rewriting the packet is the caller's job.
-use svc_common::{CT_FORWARD, CT_REPLY, DropReason, FlowKey, NatEntry, ServiceKey, ServiceStats};
+use svc_common::{
+    CT_FORWARD, CT_REPLY, DropReason, FlowKey, NatEntry, ServiceKey, ServiceStats,
+    nat_flags::HAIRPIN,
+};
 
 use crate::{
     maps::{BACKENDS, CONNTRACK, DROP_STATS, SERVICE_STATS, SERVICES},
@@ -16,6 +19,10 @@ pub struct Rewrite {
     pub addr: [u8; 16],
     /// Network byte order.
     pub port: u16,
+    /// Also rewrite the other endpoint's address (port unchanged): the
+    /// source to the frontend on the way in, the destination back to the
+    /// client on the way out (see `nat_flags::HAIRPIN`).
+    pub hairpin: bool,
 }
 
 pub enum Verdict {
@@ -48,6 +55,7 @@ pub fn decide(flow: &Flow, packet_len: u32) -> Verdict {
             dst: false,
             addr: nat.addr,
             port: nat.port,
+            hairpin: nat.flags & HAIRPIN != 0,
         });
     }
     Verdict::Pass
@@ -74,6 +82,7 @@ fn to_backend(
                     dst: true,
                     addr: nat.addr,
                     port: nat.port,
+                    hairpin: nat.flags & HAIRPIN != 0,
                 });
             }
         }
@@ -94,19 +103,22 @@ fn to_backend(
         return Verdict::Drop;
     };
     let (addr, port) = (backend.addr, backend.port);
+    let hairpin = addr == flow.src;
+    let flags = if hairpin { HAIRPIN } else { 0 };
 
     let to_backend = NatEntry {
         addr,
         port,
+        flags,
         backend_id,
         service_id,
         ..NatEntry::default()
     };
-    // The reply comes from the backend to the client and must look as if
-    // it came from the frontend.
+    // The reply comes from the backend to the client (to the frontend
+    // address, for hairpin) and must look as if it came from the frontend.
     let reply_key = FlowKey {
         src_addr: addr,
-        dst_addr: flow.src,
+        dst_addr: if hairpin { flow.dst } else { flow.src },
         src_port: port,
         dst_port: flow.src_port,
         proto: flow.proto,
@@ -116,6 +128,7 @@ fn to_backend(
     let to_frontend = NatEntry {
         addr: flow.dst,
         port: flow.dst_port,
+        flags,
         backend_id,
         service_id,
         ..NatEntry::default()
@@ -133,6 +146,7 @@ fn to_backend(
         dst: true,
         addr,
         port,
+        hairpin,
     })
 }
 

@@ -36,20 +36,55 @@ pub fn parse(ctx: &TcContext) -> Option<Flow> {
 // adding to the caller's (the whole chain must fit in 512 bytes).
 #[inline(never)]
 pub fn apply(ctx: &TcContext, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
-    let csum_off = flow.l4_csum_off();
     // For UDP: leave a zero checksum alone and never produce one.
     let mangled = if flow.proto == PROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
     } else {
         0
     };
-    let old_addr = if rw.dst { flow.dst } else { flow.src };
-    let old_port = if rw.dst { flow.dst_port } else { flow.src_port };
-    let addr_off = flow.addr_off(rw.dst);
+    let (old_addr, old_port) = if rw.dst {
+        (&flow.dst, flow.dst_port)
+    } else {
+        (&flow.src, flow.src_port)
+    };
+    rewrite_addr(ctx, flow, rw.dst, old_addr, &rw.addr, mangled)?;
+    if rw.hairpin {
+        // The other side: source -> frontend (in), destination -> client (out).
+        let (old, new) = if rw.dst {
+            (&flow.src, &flow.dst)
+        } else {
+            (&flow.dst, &flow.src)
+        };
+        rewrite_addr(ctx, flow, !rw.dst, old, new, mangled)?;
+    }
+    ctx.l4_csum_replace(
+        flow.l4_csum_off(),
+        u64::from(old_port),
+        u64::from(rw.port),
+        mangled | 2,
+    )
+    .map_err(|_| ())?;
+    ctx.store(flow.port_off(rw.dst), &rw.port, 0)
+        .map_err(|_| ())?;
+    Ok(())
+}
 
+/// Rewrites the source (`dst == false`) or destination address, with the
+/// IPv4 header checksum and the L4 checksum's pseudo-header part.
+#[inline(always)]
+fn rewrite_addr(
+    ctx: &TcContext,
+    flow: &Flow,
+    dst: bool,
+    old: &[u8; 16],
+    new: &[u8; 16],
+    mangled: u64,
+) -> Result<(), ()> {
+    let csum_off = flow.l4_csum_off();
+    let addr_off = flow.addr_off(dst);
     if flow.is_v6 {
-        let mut from = words(&old_addr);
-        let mut to = words(&rw.addr);
+        let mut from = words(old);
+        let mut to = words(new);
         // SAFETY: both buffers are 16 bytes on the stack.
         let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
         if diff < 0 {
@@ -60,10 +95,10 @@ pub fn apply(ctx: &TcContext, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
         let flags = u64::from(BPF_F_PSEUDO_HDR | BPF_F_IPV6) | mangled;
         ctx.l4_csum_replace(csum_off, 0, diff as u64, flags)
             .map_err(|_| ())?;
-        ctx.store(addr_off, &rw.addr, 0).map_err(|_| ())?;
+        ctx.store(addr_off, new, 0).map_err(|_| ())?;
     } else {
-        let from = u64::from(words(&old_addr)[3]);
-        let to = u64::from(words(&rw.addr)[3]);
+        let from = u64::from(words(old)[3]);
+        let to = u64::from(words(new)[3]);
         ctx.l3_csum_replace(flow.l3_off + 10, from, to, 4)
             .map_err(|_| ())?;
         ctx.l4_csum_replace(
@@ -73,19 +108,9 @@ pub fn apply(ctx: &TcContext, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
             u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
         )
         .map_err(|_| ())?;
-        let new: [u8; 4] = [rw.addr[12], rw.addr[13], rw.addr[14], rw.addr[15]];
-        ctx.store(addr_off, &new, 0).map_err(|_| ())?;
+        let v4: [u8; 4] = [new[12], new[13], new[14], new[15]];
+        ctx.store(addr_off, &v4, 0).map_err(|_| ())?;
     }
-
-    ctx.l4_csum_replace(
-        csum_off,
-        u64::from(old_port),
-        u64::from(rw.port),
-        mangled | 2,
-    )
-    .map_err(|_| ())?;
-    ctx.store(flow.port_off(rw.dst), &rw.port, 0)
-        .map_err(|_| ())?;
     Ok(())
 }
 

@@ -31,31 +31,29 @@ pub fn apply(data: usize, end: usize, flow: &Flow, rw: &Rewrite) -> Result<(), (
     // checked that the whole value lies inside the packet.
     let check = unsafe { read_unaligned(l4_csum) };
 
-    let (addr_diff, partial) = if flow.is_v6 {
-        let addr: *mut [u8; 16] = ptr_at(data, end, flow.addr_off(rw.dst)).ok_or(())?;
-        let old = unsafe { read_unaligned(addr) };
-        let partial = check == pseudo_header(&flow.src, &flow.dst, flow.proto, flow.l4_len);
-        unsafe { write_unaligned(addr, rw.addr) };
-        (Diff::new().bytes(&old, &rw.addr), partial)
+    // Partial or full is judged on the packet as it arrived.
+    let partial = if flow.is_v6 {
+        check == pseudo_header(&flow.src, &flow.dst, flow.proto, flow.l4_len)
     } else {
-        let addr: *mut [u8; 4] = ptr_at(data, end, flow.addr_off(rw.dst)).ok_or(())?;
-        let ip_csum: *mut u16 = ptr_at(data, end, flow.l3_off + 10).ok_or(())?;
-        let old = unsafe { read_unaligned(addr) };
-        let new = v4_part(&rw.addr);
-        let partial = check
+        check
             == pseudo_header(
                 &v4_part(&flow.src),
                 &v4_part(&flow.dst),
                 flow.proto,
                 flow.l4_len,
-            );
-        let diff = Diff::new().bytes(&old, &new);
-        unsafe {
-            write_unaligned(addr, new);
-            write_unaligned(ip_csum, diff.apply_full(read_unaligned(ip_csum)));
-        }
-        (diff, partial)
+            )
     };
+    let old_addr = if rw.dst { &flow.dst } else { &flow.src };
+    let mut addr_diff = rewrite_addr(data, end, flow, rw.dst, old_addr, &rw.addr)?;
+    if rw.hairpin {
+        // The other side: source -> frontend (in), destination -> client (out).
+        let (old, new) = if rw.dst {
+            (&flow.src, &flow.dst)
+        } else {
+            (&flow.dst, &flow.src)
+        };
+        addr_diff = addr_diff.add(rewrite_addr(data, end, flow, !rw.dst, old, new)?);
+    }
 
     let new_check = if check == 0 && flow.proto == PROTO_UDP {
         // UDP without a checksum stays without one.
@@ -76,6 +74,35 @@ pub fn apply(data: usize, end: usize, flow: &Flow, rw: &Rewrite) -> Result<(), (
         write_unaligned(l4_csum, new_check);
     }
     Ok(())
+}
+
+/// Writes one address (source or destination) and updates the IPv4 header
+/// checksum; returns the change, for the L4 checksum's pseudo-header part.
+#[inline(always)]
+fn rewrite_addr(
+    data: usize,
+    end: usize,
+    flow: &Flow,
+    dst: bool,
+    old: &[u8; 16],
+    new: &[u8; 16],
+) -> Result<Diff, ()> {
+    if flow.is_v6 {
+        let addr: *mut [u8; 16] = ptr_at(data, end, flow.addr_off(dst)).ok_or(())?;
+        // SAFETY: ptr_at checked the bounds.
+        unsafe { write_unaligned(addr, *new) };
+        Ok(Diff::new().bytes(old, new))
+    } else {
+        let addr: *mut [u8; 4] = ptr_at(data, end, flow.addr_off(dst)).ok_or(())?;
+        let ip_csum: *mut u16 = ptr_at(data, end, flow.l3_off + 10).ok_or(())?;
+        let diff = Diff::new().bytes(&v4_part(old), &v4_part(new));
+        // SAFETY: ptr_at checked the bounds.
+        unsafe {
+            write_unaligned(addr, v4_part(new));
+            write_unaligned(ip_csum, diff.apply_full(read_unaligned(ip_csum)));
+        }
+        Ok(diff)
+    }
 }
 
 /// The IPv4 address inside an IPv4-mapped one.

@@ -27,13 +27,17 @@ use tests::{
 const VIP4: &str = "10.96.0.10";
 const VIP6: &str = "fd00:96::10";
 const PORT: u16 = 80;
+/// Served by the client pod itself: a pod reaching its own Service.
+const HAIRPIN_VIP4: &str = "10.96.0.30";
+const HAIRPIN_VIP6: &str = "fd00:96::30";
 const REQUESTS: usize = 16;
 
 /// A node with a client pod and two backend pods, the dataplane attached
 /// and a dual-stack TCP+UDP ClusterIP pointing at the backends' port 8080.
 fn cluster(tag: &str) -> Result<(Sandbox, Dataplane)> {
     let mut sb = Sandbox::new(tag)?;
-    sb.add_pod("client", 10)?;
+    // The client serves too: it is the only backend of the hairpin VIP.
+    sb.add_pod("client", 10)?.serve(8080)?;
     sb.add_pod("backend-a", 21)?.serve(8080)?;
     sb.add_pod("backend-b", 22)?.serve(8080)?;
     let mut dp = sb.attach_dataplane()?;
@@ -42,6 +46,9 @@ fn cluster(tag: &str) -> Result<(Sandbox, Dataplane)> {
         format!("{VIP4}:{PORT}/udp=10.244.1.21:8080,10.244.1.22:8080"),
         format!("[{VIP6}]:{PORT}/tcp=[fd00:244:1::21]:8080,[fd00:244:1::22]:8080"),
         format!("[{VIP6}]:{PORT}/udp=[fd00:244:1::21]:8080,[fd00:244:1::22]:8080"),
+        format!("{HAIRPIN_VIP4}:{PORT}/tcp=10.244.1.10:8080"),
+        format!("{HAIRPIN_VIP4}:{PORT}/udp=10.244.1.10:8080"),
+        format!("[{HAIRPIN_VIP6}]:{PORT}/tcp=[fd00:244:1::10]:8080"),
     ]
     .iter()
     .map(|s| s.parse())
@@ -92,12 +99,31 @@ fn scenario(tag: &str, offload: Offload) {
     }
     reach_both_backends("client pod (tcx)", &sb.pod("client").ns);
     reach_both_backends("external host (XDP)", &sb.external);
+    let client = &sb.pod("client").ns;
+    for (vip, udp) in [
+        (HAIRPIN_VIP4, false),
+        (HAIRPIN_VIP4, true),
+        (HAIRPIN_VIP6, false),
+    ] {
+        let vip: IpAddr = vip.parse().unwrap();
+        for i in 0..4 {
+            let answer = if udp {
+                udp_ask(client, vip, PORT)
+            } else {
+                http_get(client, vip, PORT)
+            };
+            let answer =
+                answer.unwrap_or_else(|e| panic!("hairpin {vip} (udp: {udp}) request {i}: {e:#}"));
+            assert_eq!(answer, "client");
+        }
+    }
 
     // Every request was translated, none dropped by the programs.
     for (reason, n) in dp.drop_stats().unwrap() {
         assert_eq!(n, 0, "drops for {}", reason.name());
     }
-    for id in 0..4 {
+    // Seven frontends, service ids 0..7 (see `cluster`), all used.
+    for id in 0..7 {
         let s = dp.service_stats(id).unwrap();
         assert!(s.packets > 0 && s.reply_packets > 0, "service {id}: {s:?}");
     }

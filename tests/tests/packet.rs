@@ -349,3 +349,68 @@ fn flows_stay_on_their_backend_until_it_is_removed() {
         assert!(moved > 0, "no flow was on the removed backend");
     }
 }
+
+#[test]
+fn hairpin_client_that_is_its_own_backend_is_source_natted_both_ways() {
+    // A pod reaching its own Service may be picked as the backend. Its
+    // packet must come in from the frontend address (or the pod would
+    // answer itself directly, past the program), and the answer must go
+    // back to the pod from the frontend.
+    for hook in HOOKS {
+        let mut f = Fixture::new();
+        f.services(&[
+            "10.96.0.30:80/tcp=10.244.1.10:8080",
+            "10.96.0.30:80/udp=10.244.1.10:8080",
+            "[fd00:96::30]:80/tcp=[fd00:244:1::10]:8080",
+        ]);
+        for (client, vip, backend) in [
+            ("10.244.1.10:40000", "10.96.0.30:80", "10.244.1.10:8080"),
+            (
+                "[fd00:244:1::10]:40000",
+                "[fd00:96::30]:80",
+                "[fd00:244:1::10]:8080",
+            ),
+        ] {
+            for mut spec in [Spec::tcp(client, vip), Spec::udp(client, vip)] {
+                if spec.src.is_ipv6() && spec.proto == UDP {
+                    continue; // no such frontend
+                }
+                let csums: &[Csum] = if hook == Hook::Xdp {
+                    &[Csum::Full, Csum::Partial]
+                } else {
+                    &[Csum::Full]
+                };
+                for &csum in csums {
+                    spec.src.set_port(spec.src.port() + 1); // a new flow each time
+                    spec.csum = csum;
+                    let backend: SocketAddr = backend.parse().unwrap();
+                    let frontend_as_client = SocketAddr::new(spec.dst.ip(), spec.src.port());
+                    let (a, out) = f.run(hook, &spec.build());
+                    let want = Spec {
+                        src: frontend_as_client,
+                        dst: backend,
+                        ..spec.clone()
+                    }
+                    .build();
+                    assert_eq!(a, Action::Pass);
+                    assert!(out == want, "{hook:?} {csum:?} in: {}", diff(&out, &want));
+
+                    let reply = Spec {
+                        src: backend,
+                        dst: frontend_as_client,
+                        ..spec.clone()
+                    };
+                    let (a, out) = f.run(hook, &reply.build());
+                    let want = Spec {
+                        src: spec.dst,
+                        dst: spec.src,
+                        ..spec.clone()
+                    }
+                    .build();
+                    assert_eq!(a, Action::Pass);
+                    assert!(out == want, "{hook:?} {csum:?} out: {}", diff(&out, &want));
+                }
+            }
+        }
+    }
+}
