@@ -20,9 +20,9 @@ use aya::{
     },
 };
 use svc_common::{
-    BACKENDS_MAP, Backend, CONNTRACK_MAP, DROP_STATS_MAP, DropReason, FlowKey, MAX_SERVICES,
-    NatEntry, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SERVICE_STATS_MAP, SERVICES_MAP, ServiceKey,
-    ServiceStats, ServiceValue, TC_PROGRAM, XDP_PROGRAM,
+    BACKENDS_MAP, Backend, CONNTRACK_MAP, DROP_STATS_MAP, DropReason, MAX_SERVICES, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, SERVICE_STATS_MAP, SERVICES_MAP, ServiceKey, ServiceStats, ServiceValue,
+    TC_PROGRAM, XDP_PROGRAM,
 };
 
 use crate::reconcile::Programmed;
@@ -128,7 +128,6 @@ pub struct Dataplane {
     ebpf: Ebpf,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
-    conntrack: HashMap<MapData, FlowKey, NatEntry>,
     service_stats: PerCpuArray<MapData, ServiceStats>,
     drop_stats: PerCpuArray<MapData, u64>,
 }
@@ -165,7 +164,6 @@ impl Dataplane {
         Ok(Self {
             services: HashMap::try_from(take_map(&mut ebpf, SERVICES_MAP)?)?,
             backends: HashMap::try_from(take_map(&mut ebpf, BACKENDS_MAP)?)?,
-            conntrack: HashMap::try_from(take_map(&mut ebpf, CONNTRACK_MAP)?)?,
             service_stats: PerCpuArray::try_from(take_map(&mut ebpf, SERVICE_STATS_MAP)?)?,
             drop_stats: PerCpuArray::try_from(take_map(&mut ebpf, DROP_STATS_MAP)?)?,
             ebpf,
@@ -396,11 +394,6 @@ impl Dataplane {
             })
             .collect();
         Ok((backends, frontends))
-    }
-
-    /// Number of conntrack entries (both directions).
-    pub fn conntrack_len(&self) -> usize {
-        self.conntrack.keys().filter(|k| k.is_ok()).count()
     }
 }
 
