@@ -22,18 +22,19 @@ use aya::{
 use svc_common::{
     BACKENDS_MAP, Backend, CONNTRACK_MAP, DROP_STATS_MAP, DropReason, MAX_SERVICES, PROTO_SCTP,
     PROTO_TCP, PROTO_UDP, SERVICE_STATS_MAP, SERVICES_MAP, ServiceKey, ServiceStats, ServiceValue,
-    TC_PROGRAM, XDP_PROGRAM,
+    TC_PROGRAM, VIRTUAL_UPLINKS_MAP, XDP_PROGRAM,
 };
 
 use crate::reconcile::Programmed;
 
 /// Every map, for pinning.
-const MAPS: [&str; 5] = [
+const MAPS: [&str; 6] = [
     SERVICES_MAP,
     BACKENDS_MAP,
     CONNTRACK_MAP,
     SERVICE_STATS_MAP,
     DROP_STATS_MAP,
+    VIRTUAL_UPLINKS_MAP,
 ];
 
 /// The eBPF object built by build.rs from `svc-ebpf`.
@@ -130,6 +131,7 @@ pub struct Dataplane {
     backends: HashMap<MapData, u32, Backend>,
     service_stats: PerCpuArray<MapData, ServiceStats>,
     drop_stats: PerCpuArray<MapData, u64>,
+    virtual_uplinks: HashMap<MapData, u32, u32>,
 }
 
 impl Dataplane {
@@ -166,6 +168,7 @@ impl Dataplane {
             backends: HashMap::try_from(take_map(&mut ebpf, BACKENDS_MAP)?)?,
             service_stats: PerCpuArray::try_from(take_map(&mut ebpf, SERVICE_STATS_MAP)?)?,
             drop_stats: PerCpuArray::try_from(take_map(&mut ebpf, DROP_STATS_MAP)?)?,
+            virtual_uplinks: HashMap::try_from(take_map(&mut ebpf, VIRTUAL_UPLINKS_MAP)?)?,
             ebpf,
         })
     }
@@ -173,6 +176,7 @@ impl Dataplane {
     /// Attaches the XDP program to an uplink (named in the calling thread's
     /// network namespace).
     pub fn attach_xdp(&mut self, iface: &str) -> Result<()> {
+        self.note_uplink(iface)?;
         let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?.try_into()?;
         let name = std::ffi::CString::new(iface)?;
         xdp.attach(name.as_c_str(), XdpMode::Default)
@@ -193,6 +197,7 @@ impl Dataplane {
     /// pinned there already (an earlier agent's), its program is replaced
     /// atomically instead: no packet goes unprocessed during an upgrade.
     pub fn attach_xdp_pinned(&mut self, iface: &str, pin: &Path) -> Result<()> {
+        self.note_uplink(iface)?;
         let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?.try_into()?;
         if let Some(link) = adopt_link(pin) {
             if let Ok(link) = XdpLink::try_from(link)
@@ -232,6 +237,24 @@ impl Dataplane {
         link.pin(pin)
             .with_context(|| format!("pinning {}", pin.display()))?;
         Ok(())
+    }
+
+    /// Tells the XDP program whether `iface` may deliver partial
+    /// checksums (a virtual device, such as a veth: see `netif::is_virtual`).
+    fn note_uplink(&mut self, iface: &str) -> Result<()> {
+        let index = crate::netif::index(iface).with_context(|| format!("no interface {iface}"))?;
+        self.set_virtual_uplink(index, crate::netif::is_virtual(iface)?)
+    }
+
+    /// Marks interface `index` as virtual (XDP looks for partial checksums
+    /// in what it receives) or not (every checksum it receives is full).
+    pub fn set_virtual_uplink(&mut self, index: u32, is_virtual: bool) -> Result<()> {
+        if is_virtual {
+            self.virtual_uplinks.insert(&index, &1, 0)?;
+            Ok(())
+        } else {
+            ignore_missing(self.virtual_uplinks.remove(&index))
+        }
     }
 
     pub fn xdp_program(&mut self) -> Result<&mut Xdp> {

@@ -65,6 +65,71 @@ pub fn addresses(interfaces: &[String]) -> Vec<IpAddr> {
     out
 }
 
+/// The index of interface `name`, if it exists.
+pub fn index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid C string; returns 0 when there is no such interface.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// Whether `iface` is a virtual device (veth, bridge, tun, ...), told by
+/// its driver reporting no bus, as `ethtool -i` shows. Only virtual devices
+/// hand XDP packets with partial checksums; physical NICs (virtio-net
+/// included, which turns guest checksum offload off under XDP) never do.
+pub fn is_virtual(iface: &str) -> std::io::Result<bool> {
+    // struct ethtool_drvinfo, and the ifreq that points at it.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        counts: [u32; 5],
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut DrvInfo,
+        _pad: [u8; 16],
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+
+    // SAFETY: all-zero is valid for both structs (integers, bytes, null).
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut req: IfReq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= req.name.len() {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    req.name[..name.len()].copy_from_slice(name);
+    req.data = &mut info;
+    // SAFETY: a datagram socket for the ioctl, closed below; the ioctl
+    // writes at most sizeof(DrvInfo) into `info`.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let rc = libc::ioctl(fd, SIOCETHTOOL as _, &mut req);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc < 0 {
+            // No ethtool at all (loopback, some tunnels): not a NIC either.
+            return match err.raw_os_error() {
+                Some(libc::EOPNOTSUPP) => Ok(true),
+                _ => Err(err),
+            };
+        }
+    }
+    Ok(info.bus_info[0] == 0)
+}
+
 /// Lets `iface` accept IPv4 packets whose source is a local address. The
 /// reply to a NodePort connection is reverse-NATed by tc on the backend's
 /// veth to come *from the node's own address*, before routing; without
@@ -100,6 +165,13 @@ mod tests {
         assert!(!glob_match("veth*", "eth0"));
         assert!(!glob_match("vpod?", "vpod10"));
         assert!(glob_match("*", ""));
+    }
+
+    #[test]
+    fn loopback_is_virtual() {
+        assert!(is_virtual("lo").unwrap());
+        assert_eq!(index("lo"), list().get("lo").copied());
+        assert!(index("no-such-if0").is_none());
     }
 
     #[test]

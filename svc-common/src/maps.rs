@@ -17,6 +17,7 @@ pub const BACKENDS_MAP: &str = "BACKENDS";
 pub const CONNTRACK_MAP: &str = "CONNTRACK";
 pub const SERVICE_STATS_MAP: &str = "SERVICE_STATS";
 pub const DROP_STATS_MAP: &str = "DROP_STATS";
+pub const VIRTUAL_UPLINKS_MAP: &str = "VIRTUAL_UPLINKS";
 
 /// Program names (the Rust function names in `svc-ebpf`).
 pub const XDP_PROGRAM: &str = "svc_xdp";
@@ -29,6 +30,11 @@ pub const MAX_BACKENDS: u32 = 131_072;
 pub const MAX_CONNTRACK: u32 = 262_144;
 /// Service ids index `SERVICE_STATS`, so they are bounded by its size.
 pub const MAX_SERVICES: u32 = 65_536;
+
+/// Uplinks (by ifindex) without a physical device behind them, such as
+/// veths: only there can XDP meet a partial (`CHECKSUM_PARTIAL`) L4
+/// checksum, so only there does it look for one (see `xdp_rewrite`).
+pub const MAX_UPLINKS: u32 = 256;
 
 /// L4 protocol numbers as they appear in the IP header.
 pub const PROTO_TCP: u8 = 6;

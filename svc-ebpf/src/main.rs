@@ -34,7 +34,7 @@ pub fn svc_xdp(ctx: XdpContext) -> u32 {
     match lb::decide(&flow, (data_end - data) as u32) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Rewrite(rw) => match xdp_rewrite::apply(data, data_end, &flow, &rw) {
+        Verdict::Rewrite(rw) => match xdp_rewrite::apply(&ctx, &flow, &rw) {
             Ok(()) => xdp_action::XDP_PASS,
             Err(()) => {
                 lb::count_drop(svc_common::DropReason::RewriteFailed);

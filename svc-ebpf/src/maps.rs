@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use svc_common::{
     Backend, DropReason, FlowKey, MAX_BACKENDS, MAX_CONNTRACK, MAX_SERVICE_SLOTS, MAX_SERVICES,
-    NatEntry, ServiceKey, ServiceStats, ServiceValue,
+    MAX_UPLINKS, NatEntry, ServiceKey, ServiceStats, ServiceValue,
 };
 
 #[map]
@@ -26,3 +26,7 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
 
 #[map]
 pub static DROP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+
+/// ifindex -> 1 for uplinks that may deliver partial checksums.
+#[map]
+pub static VIRTUAL_UPLINKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UPLINKS, 0);

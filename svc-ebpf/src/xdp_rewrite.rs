@@ -1,15 +1,16 @@
 //! Applying a rewrite in XDP: direct writes to packet memory, checksums
 //! updated incrementally by hand (XDP has no skb, so no csum helpers).
 //!
-//! XDP cannot see `skb->ip_summed`, yet on a veth uplink it meets both kinds
-//! of L4 checksum: full ones from the wire or from senders with tx checksum
-//! offload off, and partial ones (`CHECKSUM_PARTIAL`: the field holds the
-//! folded pseudo-header sum) from local sockets whose skb crossed the veth.
-//! The partial kind is recognised by value: the field equals the pseudo-header
-//! sum of the packet as it stands. It then gets only the pseudo-header
-//! change (addresses), since the kernel sums the L4 bytes, new port included,
-//! when it completes the checksum. A full checksum equals that value by
-//! chance about once in 65536 packets and would then be mis-updated; the
+//! XDP cannot see `skb->ip_summed`. On a physical NIC every L4 checksum is
+//! full. On a virtual uplink (a veth) it may also be partial
+//! (`CHECKSUM_PARTIAL`: the field holds the folded pseudo-header sum), from
+//! a local socket whose skb crossed the veth. There, and only there (the
+//! agent lists such uplinks in `VIRTUAL_UPLINKS`), the partial kind is
+//! recognised by value: the field equals the pseudo-header sum of the
+//! packet as it stands. It then gets only the pseudo-header change
+//! (addresses), since the kernel sums the L4 bytes, new port included, when
+//! it completes the checksum. On such an uplink a full checksum equals that
+//! value by chance about once in 65536 packets and is then mis-updated; the
 //! sender's retransmission (new timestamps, so a new checksum) recovers it.
 use core::ptr::{read_unaligned, write_unaligned};
 
@@ -18,12 +19,15 @@ use svc_common::{
     csum::{Diff, pseudo_header},
 };
 
-use crate::{lb::Rewrite, packet::Flow, packet::ptr_at};
+use aya_ebpf::programs::XdpContext;
+
+use crate::{lb::Rewrite, maps::VIRTUAL_UPLINKS, packet::Flow, packet::ptr_at};
 
 // A BPF subprogram of its own: its locals get their own frame instead of
 // adding to the caller's (the whole chain must fit in 512 bytes).
 #[inline(never)]
-pub fn apply(data: usize, end: usize, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
+pub fn apply(ctx: &XdpContext, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
+    let (data, end) = (ctx.data(), ctx.data_end());
     let old_port = if rw.dst { flow.dst_port } else { flow.src_port };
     let l4_csum: *mut u16 = ptr_at(data, end, flow.l4_csum_off()).ok_or(())?;
     let port: *mut u16 = ptr_at(data, end, flow.port_off(rw.dst)).ok_or(())?;
@@ -32,17 +36,10 @@ pub fn apply(data: usize, end: usize, flow: &Flow, rw: &Rewrite) -> Result<(), (
     let check = unsafe { read_unaligned(l4_csum) };
 
     // Partial or full is judged on the packet as it arrived.
-    let partial = if flow.is_v6 {
-        check == pseudo_header(&flow.src, &flow.dst, flow.proto, flow.l4_len)
-    } else {
-        check
-            == pseudo_header(
-                &v4_part(&flow.src),
-                &v4_part(&flow.dst),
-                flow.proto,
-                flow.l4_len,
-            )
-    };
+    let virtual_uplink = VIRTUAL_UPLINKS
+        .get_ptr(&(ctx.ingress_ifindex() as u32))
+        .is_some();
+    let partial = virtual_uplink && holds_pseudo_header_sum(flow, check);
     let old_addr = if rw.dst { &flow.dst } else { &flow.src };
     let mut addr_diff = rewrite_addr(data, end, flow, rw.dst, old_addr, &rw.addr)?;
     if rw.hairpin {
@@ -103,6 +100,23 @@ fn rewrite_addr(
         }
         Ok(diff)
     }
+}
+
+/// Whether `check` is the packet's own pseudo-header sum: what a partial
+/// checksum field holds.
+#[inline(always)]
+fn holds_pseudo_header_sum(flow: &Flow, check: u16) -> bool {
+    let sum = if flow.is_v6 {
+        pseudo_header(&flow.src, &flow.dst, flow.proto, flow.l4_len)
+    } else {
+        pseudo_header(
+            &v4_part(&flow.src),
+            &v4_part(&flow.dst),
+            flow.proto,
+            flow.l4_len,
+        )
+    };
+    check == sum
 }
 
 /// The IPv4 address inside an IPv4-mapped one.

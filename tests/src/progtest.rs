@@ -46,10 +46,15 @@ pub struct Fixture {
 impl Fixture {
     /// Loads the dataplane (not attached anywhere). Fails loudly without
     /// root or BPF: these tests never skip.
+    ///
+    /// XDP test runs see loopback as their ingress interface; it is marked
+    /// virtual, like the sandbox's veth uplinks, so XDP expects partial
+    /// checksums as well as full ones.
     pub fn new() -> Self {
-        let dp = Dataplane::load()
+        let mut dp = Dataplane::load()
             .context("loading the eBPF programs (needs root and a BPF-capable kernel)")
             .unwrap();
+        dp.set_virtual_uplink(loopback(), true).unwrap();
         Self { dp }
     }
 
@@ -97,4 +102,9 @@ impl Default for Fixture {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The ingress interface of XDP test runs.
+pub fn loopback() -> u32 {
+    svc_agent::netif::index("lo").expect("a loopback interface")
 }

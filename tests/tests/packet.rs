@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use svc_common::DropReason;
 use tests::{
     packet::{Csum, Frag, Spec, TCP, UDP, diff},
-    progtest::{Action, Fixture, HOOKS, Hook},
+    progtest::{Action, Fixture, HOOKS, Hook, loopback},
 };
 
 const VIP4: &str = "10.96.0.10:80";
@@ -413,4 +413,50 @@ fn hairpin_client_that_is_its_own_backend_is_source_natted_both_ways() {
             }
         }
     }
+}
+
+/// `spec` with its last two payload bytes chosen so that its full L4
+/// checksum equals its pseudo-header sum: the one full checksum that reads
+/// like a partial one.
+fn ambiguous(mut spec: Spec) -> Spec {
+    let pseudo_sum = |s: &Spec| {
+        Spec {
+            csum: Csum::Partial,
+            ..s.clone()
+        }
+        .build()
+    };
+    let field = |pkt: &[u8]| u16::from_be_bytes([pkt[14 + 20 + 16], pkt[14 + 20 + 17]]);
+    for w in 0..=u16::MAX {
+        let n = spec.payload.len();
+        spec.payload[n - 2..].copy_from_slice(&w.to_be_bytes());
+        if field(&spec.build()) == field(&pseudo_sum(&spec)) {
+            return spec;
+        }
+    }
+    unreachable!("some payload word always works");
+}
+
+#[test]
+fn physical_uplinks_treat_every_checksum_as_full() {
+    let mut f = fixture();
+    let spec = ambiguous(Spec::tcp(CLIENT4, VIP4));
+    // A physical NIC hands XDP full checksums only: this one is updated as
+    // full, byte for byte right.
+    f.dp.set_virtual_uplink(loopback(), false).unwrap();
+    let (a, out) = f.run(Hook::Xdp, &spec.build());
+    let backend = assert_dnat(Hook::Xdp, &spec, a, &out);
+    // On a virtual uplink the same bytes read as a partial checksum (the
+    // 1-in-65536 ambiguity xdp_rewrite documents), so it is updated as one.
+    f.dp.set_virtual_uplink(loopback(), true).unwrap();
+    let (_, out) = f.run(Hook::Xdp, &spec.build());
+    assert_ne!(out, spec.with_dst(backend).build());
+    assert_eq!(
+        out,
+        Spec {
+            csum: Csum::Partial,
+            ..spec.with_dst(backend)
+        }
+        .build()
+    );
 }
