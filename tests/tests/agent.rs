@@ -332,15 +332,16 @@ fn invalid_manifests_are_rejected_and_the_rest_keeps_serving() {
             .is_ok_and(|d| d.contains("Unsupported value: \"ICMP\""))
     })
     .unwrap();
-    let err = c
-        .cli(&["describe", "service", "bad"])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("Service \"bad\" is invalid") && err.contains("10.200.0.1"),
-        "{err}"
-    );
-    assert!(err.contains("NotFound"), "{err}");
+    // The Service that never got in: not found, with why.
+    c.wait_for("the rejection of bad", Duration::from_secs(10), || {
+        c.cli(&["describe", "service", "bad"]).is_err_and(|e| {
+            let e = e.to_string();
+            e.contains("Service \"bad\" is invalid")
+                && e.contains("10.200.0.1")
+                && e.contains("NotFound")
+        })
+    })
+    .unwrap();
     assert!(!c.cli(&["get", "services"]).unwrap().contains("bad"));
     // The earlier version of web is still served, UDP port included.
     let client = &c.pod("client").ns;
