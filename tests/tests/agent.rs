@@ -458,3 +458,47 @@ fn cli_says_clearly_when_no_agent_runs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no svc-agent is running"), "{err}");
 }
+
+#[test]
+fn selectorless_service_uses_endpoint_slices_from_the_manifests() {
+    // A Service without a selector gets its endpoints from EndpointSlices
+    // the user writes, e.g. for something outside the cluster's pods.
+    let mut c = Cluster::new("agent-slice").unwrap();
+    c.start_agent().unwrap();
+    c.run_pod("web-a", 21, &[("app", "other")], &[("http", 8080)])
+        .unwrap();
+    c.write(
+        "manual.yaml",
+        r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: manual
+spec:
+  clusterIP: 10.96.0.77
+  ports:
+  - name: http
+    port: 80
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: manual-1
+  labels:
+    kubernetes.io/service-name: manual
+addressType: IPv4
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+endpoints:
+- addresses: ["10.244.1.21"]
+  conditions: {ready: true}
+"#,
+    )
+    .unwrap();
+    c.wait_for_service(&["manual", "10.244.1.21:8080"]).unwrap();
+    let ip: IpAddr = "10.96.0.77".parse().unwrap();
+    let got = answers(&c.pod("client").ns, ip, 80, false, 4);
+    assert_eq!(got, BTreeSet::from(["web-a".to_string()]));
+}
