@@ -20,15 +20,16 @@ use aya::{
     },
 };
 use svc_common::{
-    BACKENDS_MAP, Backend, CONNTRACK_MAP, DROP_STATS_MAP, DropReason, MAX_SERVICES, PROTO_SCTP,
-    PROTO_TCP, PROTO_UDP, SERVICE_STATS_MAP, SERVICES_MAP, ServiceKey, ServiceStats, ServiceValue,
-    TC_PROGRAM, VIRTUAL_UPLINKS_MAP, XDP_PROGRAM,
+    AFFINITY_MAP, BACKENDS_MAP, Backend, CONNTRACK_MAP, DROP_STATS_MAP, DropReason, MAX_SERVICES,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, SERVICE_STATS_MAP, SERVICES_MAP, ServiceKey, ServiceStats,
+    ServiceValue, TC_PROGRAM, VIRTUAL_UPLINKS_MAP, XDP_PROGRAM,
 };
 
 use crate::reconcile::Programmed;
 
 /// Every map, for pinning.
-const MAPS: [&str; 6] = [
+const MAPS: [&str; 7] = [
+    AFFINITY_MAP,
     SERVICES_MAP,
     BACKENDS_MAP,
     CONNTRACK_MAP,
@@ -79,6 +80,15 @@ impl std::str::FromStr for Protocol {
             _ => bail!("unsupported protocol {s:?}: must be TCP, UDP or SCTP"),
         }
     }
+}
+
+/// A frontend's behaviour beyond its backends (slot 0's flags and timeout).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// `svc_common::service_flags` bits.
+    pub flags: u16,
+    /// sessionAffinity ClientIP's timeoutSeconds (with the AFFINITY flag).
+    pub affinity_timeout_s: u32,
 }
 
 /// Where clients send: a service IP, port and protocol.
@@ -295,7 +305,7 @@ impl Dataplane {
         &mut self,
         frontend: &Frontend,
         service_id: u32,
-        flags: u16,
+        settings: Settings,
         backend_ids: &[u32],
     ) -> Result<()> {
         if service_id >= MAX_SERVICES {
@@ -319,7 +329,8 @@ impl Dataplane {
         let head = ServiceValue {
             service_id,
             backend_count: count,
-            flags,
+            flags: settings.flags,
+            affinity_timeout_s: settings.affinity_timeout_s,
             ..ServiceValue::default()
         };
         self.services.insert(&frontend.key(0), &head, 0)?;
@@ -410,7 +421,10 @@ impl Dataplane {
                     .collect();
                 let p = Programmed {
                     service_id: head.service_id,
-                    flags: head.flags,
+                    settings: Settings {
+                        flags: head.flags,
+                        affinity_timeout_s: head.affinity_timeout_s,
+                    },
                     backend_ids,
                 };
                 (fe, p)

@@ -17,7 +17,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use svc_common::service_flags;
 
 use crate::{
-    dataplane::{Frontend, Protocol},
+    dataplane::{Frontend, Protocol, Settings},
     view::PortEndpoints,
 };
 
@@ -46,10 +46,13 @@ pub struct Target {
     pub service: ServicePortName,
     /// Backends, sorted and without duplicates.
     pub backends: Vec<SocketAddr>,
-    pub flags: u16,
+    pub settings: Settings,
 }
 
 pub type Desired = BTreeMap<Frontend, Target>;
+
+/// sessionAffinityConfig.clientIP.timeoutSeconds when unset (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 
 /// Whether this proxy implements the Service at all.
 pub fn is_proxied(svc: &Service) -> bool {
@@ -78,8 +81,16 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> D
         if spec.external_traffic_policy.as_deref() == Some("Local") {
             flags |= service_flags::EXTERNAL_LOCAL;
         }
+        let mut affinity_timeout_s = 0;
         if spec.session_affinity.as_deref() == Some("ClientIP") {
             flags |= service_flags::AFFINITY;
+            affinity_timeout_s = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S);
         }
         let service_ips = service_ips(svc);
         for port in spec.ports.iter().flatten() {
@@ -108,7 +119,10 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> D
                 } else {
                     backends_v6.clone()
                 },
-                flags,
+                settings: Settings {
+                    flags,
+                    affinity_timeout_s,
+                },
             };
             for &ip in &service_ips {
                 let fe = Frontend {
@@ -327,10 +341,10 @@ mod tests {
             "10.244.1.23:8080".parse().unwrap(),
         ];
         assert_eq!(http.backends, want);
-        assert_eq!(http.flags, 0);
+        assert_eq!(http.settings, Settings::default());
         let np = &d[&fe("192.0.2.1:30007", Protocol::Tcp)];
         assert_eq!(
-            (np.backends.clone(), np.flags),
+            (np.backends.clone(), np.settings.flags),
             (want, service_flags::NODE_PORT)
         );
         assert_eq!(
@@ -394,7 +408,32 @@ mod tests {
             addrs,
             ["10.96.0.10:80", "198.51.100.7:80", "203.0.113.9:80"]
         );
-        assert!(d.values().all(|t| t.flags == service_flags::EXTERNAL_LOCAL));
+        assert!(
+            d.values()
+                .all(|t| t.settings.flags == service_flags::EXTERNAL_LOCAL)
+        );
+    }
+
+    #[test]
+    fn client_ip_affinity_sets_the_flag_and_timeout() {
+        let mut s = web();
+        let spec = s.spec.as_mut().unwrap();
+        spec.session_affinity = Some("ClientIP".into());
+        let d = desired(std::slice::from_ref(&s), &web_slices(), &Node::default());
+        let t = &d[&fe("10.96.0.10:80", Protocol::Tcp)].settings;
+        assert_eq!(
+            (t.flags, t.affinity_timeout_s),
+            (service_flags::AFFINITY, DEFAULT_AFFINITY_TIMEOUT_S)
+        );
+        s.spec.as_mut().unwrap().session_affinity_config =
+            Some(serde_json::from_value(json!({"clientIP": {"timeoutSeconds": 60}})).unwrap());
+        let d = desired(&[s], &web_slices(), &Node::default());
+        assert_eq!(
+            d[&fe("10.96.0.10:80", Protocol::Tcp)]
+                .settings
+                .affinity_timeout_s,
+            60
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use anyhow::{Result, bail};
 use svc_common::MAX_SERVICES;
 
 use crate::{
-    dataplane::{Dataplane, Frontend},
+    dataplane::{Dataplane, Frontend, Settings},
     model::Desired,
 };
 
@@ -27,7 +27,7 @@ pub trait Maps {
         &mut self,
         fe: &Frontend,
         service_id: u32,
-        flags: u16,
+        settings: Settings,
         backends: &[u32],
     ) -> Result<()>;
     fn remove_service(&mut self, fe: &Frontend) -> Result<()>;
@@ -44,10 +44,10 @@ impl Maps for Dataplane {
         &mut self,
         fe: &Frontend,
         service_id: u32,
-        flags: u16,
+        settings: Settings,
         backends: &[u32],
     ) -> Result<()> {
-        Dataplane::set_service(self, fe, service_id, flags, backends)
+        Dataplane::set_service(self, fe, service_id, settings, backends)
     }
     fn remove_service(&mut self, fe: &Frontend) -> Result<()> {
         Dataplane::remove_service(self, fe)
@@ -58,7 +58,7 @@ impl Maps for Dataplane {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Programmed {
     pub service_id: u32,
-    pub flags: u16,
+    pub settings: Settings,
     pub backend_ids: Vec<u32>,
 }
 
@@ -145,11 +145,11 @@ impl Reconciler {
             };
             let want = Programmed {
                 service_id,
-                flags: target.flags,
+                settings: target.settings,
                 backend_ids,
             };
             if self.frontends.get(fe) != Some(&want) {
-                maps.set_service(fe, want.service_id, want.flags, &want.backend_ids)?;
+                maps.set_service(fe, want.service_id, want.settings, &want.backend_ids)?;
                 self.frontends.insert(*fe, want);
                 changes.frontends_set += 1;
             }
@@ -219,7 +219,7 @@ mod tests {
             self.backends.remove(&id);
             Ok(())
         }
-        fn set_service(&mut self, fe: &Frontend, sid: u32, _flags: u16, ids: &[u32]) -> Result<()> {
+        fn set_service(&mut self, fe: &Frontend, sid: u32, _: Settings, ids: &[u32]) -> Result<()> {
             self.ops
                 .push(format!("+service {} #{sid} {ids:?}", fe.addr));
             assert!(
@@ -254,7 +254,7 @@ mod tests {
                         port: String::new(),
                     },
                     backends: bs.iter().map(|b| b.parse().unwrap()).collect(),
-                    flags: 0,
+                    settings: Settings::default(),
                 };
                 (fe(f), target)
             })

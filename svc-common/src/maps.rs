@@ -18,6 +18,7 @@ pub const CONNTRACK_MAP: &str = "CONNTRACK";
 pub const SERVICE_STATS_MAP: &str = "SERVICE_STATS";
 pub const DROP_STATS_MAP: &str = "DROP_STATS";
 pub const VIRTUAL_UPLINKS_MAP: &str = "VIRTUAL_UPLINKS";
+pub const AFFINITY_MAP: &str = "AFFINITY";
 
 /// Program names (the Rust function names in `svc-ebpf`).
 pub const XDP_PROGRAM: &str = "svc_xdp";
@@ -28,6 +29,7 @@ pub const TC_PROGRAM: &str = "svc_tc";
 pub const MAX_SERVICE_SLOTS: u32 = 262_144;
 pub const MAX_BACKENDS: u32 = 131_072;
 pub const MAX_CONNTRACK: u32 = 262_144;
+pub const MAX_AFFINITY: u32 = 65_536;
 /// Service ids index `SERVICE_STATS`, so they are bounded by its size.
 pub const MAX_SERVICES: u32 = 65_536;
 
@@ -149,6 +151,29 @@ pub mod nat_flags {
     pub const HAIRPIN: u16 = 1 << 0;
 }
 
+/// Key of `AFFINITY` (LRU): one client of one frontend with
+/// `sessionAffinity: ClientIP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client_addr: [u8; 16],
+    pub service_id: u32,
+    pub _pad: u32,
+}
+
+/// Value of `AFFINITY`: the backend the client's last new flow went to,
+/// by slot and id (the slot still naming that id proves the backend is
+/// still the frontend's), and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub slot: u16,
+    pub _pad: u16,
+    /// bpf_ktime_get_ns() of the last flow that used it.
+    pub last_used_ns: u64,
+}
+
 /// Per-CPU counters of one service, indexed by service id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -214,6 +239,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for NatEntry {}
     unsafe impl aya::Pod for ServiceStats {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
 }
 
 // No implicit padding anywhere: the sizes are the sums of the fields.
@@ -223,3 +250,5 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 24);
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);

@@ -1,13 +1,14 @@
 //! The load-balancing decision: which packets are service traffic, which
 //! backend a flow goes to, and which packets are replies to translate back.
 //! Pure map logic; rewriting the packet is the caller's job.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use svc_common::{
-    CT_FORWARD, CT_REPLY, DropReason, FlowKey, NatEntry, ServiceKey, ServiceStats,
-    nat_flags::HAIRPIN,
+    AffinityKey, AffinityValue, CT_FORWARD, CT_REPLY, DropReason, FlowKey, NatEntry, ServiceKey,
+    ServiceStats, ServiceValue, nat_flags::HAIRPIN, service_flags,
 };
 
 use crate::{
-    maps::{BACKENDS, CONNTRACK, DROP_STATS, SERVICE_STATS, SERVICES},
+    maps::{AFFINITY, BACKENDS, CONNTRACK, DROP_STATS, SERVICE_STATS, SERVICES},
     packet::Flow,
 };
 
@@ -39,13 +40,7 @@ pub fn decide(flow: &Flow, packet_len: u32) -> Verdict {
     // SAFETY: values are plain integers; a concurrent update can at worst
     // give a stale but well-formed value.
     if let Some(svc) = unsafe { SERVICES.get(&frontend) } {
-        return to_backend(
-            flow,
-            frontend,
-            svc.backend_count,
-            svc.service_id,
-            packet_len,
-        );
+        return to_backend(flow, frontend, *svc, packet_len);
     }
 
     let reply = flow_key(flow, CT_REPLY);
@@ -64,13 +59,8 @@ pub fn decide(flow: &Flow, packet_len: u32) -> Verdict {
 /// Client -> frontend: reuse the flow's backend while it exists, otherwise
 /// pick one by flow hash and remember the choice in both directions.
 #[inline(always)]
-fn to_backend(
-    flow: &Flow,
-    frontend: ServiceKey,
-    backend_count: u16,
-    service_id: u32,
-    packet_len: u32,
-) -> Verdict {
+fn to_backend(flow: &Flow, frontend: ServiceKey, svc: ServiceValue, packet_len: u32) -> Verdict {
+    let service_id = svc.service_id;
     let forward = flow_key(flow, CT_FORWARD);
     if let Some(nat) = unsafe { CONNTRACK.get(&forward) } {
         // The pinned backend must still exist and still be the endpoint we
@@ -88,13 +78,11 @@ fn to_backend(
         }
     }
 
-    if backend_count == 0 {
+    if svc.backend_count == 0 {
         count_drop(DropReason::NoBackend);
         return Verdict::Drop;
     }
-    let slot = 1 + (flow_hash(flow) % u32::from(backend_count)) as u16;
-    let slot_key = ServiceKey { slot, ..frontend };
-    let Some(backend_id) = (unsafe { SERVICES.get(&slot_key) }).map(|s| s.backend_id) else {
+    let Some(backend_id) = choose_backend(flow, frontend, &svc) else {
         count_drop(DropReason::MissingBackend);
         return Verdict::Drop;
     };
@@ -148,6 +136,61 @@ fn to_backend(
         port,
         hairpin,
     })
+}
+
+/// The backend for a new flow: under ClientIP affinity the client's recent
+/// one while it is fresh and still the frontend's, else one by flow hash.
+#[inline(always)]
+fn choose_backend(flow: &Flow, frontend: ServiceKey, svc: &ServiceValue) -> Option<u32> {
+    let affinity = svc.flags & service_flags::AFFINITY != 0;
+    let key = AffinityKey {
+        client_addr: flow.src,
+        service_id: svc.service_id,
+        _pad: 0,
+    };
+    // SAFETY: a helper without arguments. Only affinity needs the time.
+    let now = if affinity {
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
+    if affinity {
+        if let Some(recent) = unsafe { AFFINITY.get(&key) } {
+            let timeout_ns = u64::from(svc.affinity_timeout_s) * 1_000_000_000;
+            let slot_key = ServiceKey {
+                slot: recent.slot,
+                ..frontend
+            };
+            let still_there = recent.slot >= 1
+                && recent.slot <= svc.backend_count
+                && unsafe { SERVICES.get(&slot_key) }
+                    .is_some_and(|s| s.backend_id == recent.backend_id);
+            if now.wrapping_sub(recent.last_used_ns) < timeout_ns && still_there {
+                let backend_id = recent.backend_id;
+                remember(&key, backend_id, recent.slot, now);
+                return Some(backend_id);
+            }
+        }
+    }
+    let slot = 1 + (flow_hash(flow) % u32::from(svc.backend_count)) as u16;
+    let slot_key = ServiceKey { slot, ..frontend };
+    let backend_id = unsafe { SERVICES.get(&slot_key) }?.backend_id;
+    if affinity {
+        remember(&key, backend_id, slot, now);
+    }
+    Some(backend_id)
+}
+
+#[inline(always)]
+fn remember(key: &AffinityKey, backend_id: u32, slot: u16, now: u64) {
+    let value = AffinityValue {
+        backend_id,
+        slot,
+        _pad: 0,
+        last_used_ns: now,
+    };
+    // Best effort: losing it only loses stickiness for this client.
+    let _ = AFFINITY.insert(key, &value, 0);
 }
 
 #[inline(always)]

@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use svc_common::{
-    Backend, DropReason, FlowKey, MAX_BACKENDS, MAX_CONNTRACK, MAX_SERVICE_SLOTS, MAX_SERVICES,
-    MAX_UPLINKS, NatEntry, ServiceKey, ServiceStats, ServiceValue,
+    AffinityKey, AffinityValue, Backend, DropReason, FlowKey, MAX_AFFINITY, MAX_BACKENDS,
+    MAX_CONNTRACK, MAX_SERVICE_SLOTS, MAX_SERVICES, MAX_UPLINKS, NatEntry, ServiceKey,
+    ServiceStats, ServiceValue,
 };
 
 #[map]
@@ -30,3 +31,8 @@ pub static DROP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReas
 /// ifindex -> 1 for uplinks that may deliver partial checksums.
 #[map]
 pub static VIRTUAL_UPLINKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UPLINKS, 0);
+
+/// sessionAffinity: ClientIP: each client's recent backend per frontend.
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(MAX_AFFINITY, 0);

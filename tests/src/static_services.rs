@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use svc_agent::{
-    dataplane::{Dataplane, Frontend},
+    dataplane::{Dataplane, Frontend, Settings},
     model::{Desired, ServicePortName, Target},
     reconcile::Reconciler,
 };
@@ -62,7 +62,7 @@ pub fn desired(services: &[StaticService]) -> Result<Desired> {
                 port: String::new(),
             },
             backends,
-            flags: 0,
+            settings: Settings::default(),
         };
         if out.insert(svc.frontend, target).is_some() {
             bail!("frontend {:?} given twice", svc.frontend);

@@ -502,3 +502,28 @@ endpoints:
     let got = answers(&c.pod("client").ns, ip, 80, false, 4);
     assert_eq!(got, BTreeSet::from(["web-a".to_string()]));
 }
+
+#[test]
+fn client_ip_session_affinity_keeps_a_client_on_one_pod() {
+    let c = web_cluster("agent-sticky");
+    c.write(
+        "sticky.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: sticky\nspec:\n  clusterIP: 10.96.0.88\n  \
+         sessionAffinity: ClientIP\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: http\n",
+    )
+    .unwrap();
+    c.wait_for_service(&["sticky", "10.96.0.88"]).unwrap();
+    let client = &c.pod("client").ns;
+    // Without affinity the same client's requests spread over both pods...
+    let ip = service_ips(&c, "web")[0];
+    assert_eq!(answers(client, ip, 80, false, TRIES), both());
+    // ...with it, every new connection goes to the pod the first one chose.
+    let sticky: IpAddr = "10.96.0.88".parse().unwrap();
+    let got = answers(client, sticky, 80, false, TRIES);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let describe = c.cli(&["describe", "service", "sticky"]).unwrap();
+    assert!(
+        describe.contains("Session Affinity:         ClientIP"),
+        "{describe}"
+    );
+}

@@ -290,7 +290,7 @@ fn counters_track_packets_and_bytes_both_ways() {
 
 #[test]
 fn flows_stay_on_their_backend_until_it_is_removed() {
-    use svc_agent::dataplane::{Frontend, Protocol};
+    use svc_agent::dataplane::{Frontend, Protocol, Settings};
     for hook in HOOKS {
         let mut f = fixture();
         let frontend = Frontend {
@@ -316,7 +316,8 @@ fn flows_stay_on_their_backend_until_it_is_removed() {
         // but established flows stay where they are.
         f.dp.set_backend(100, "10.244.1.23:8080".parse().unwrap())
             .unwrap();
-        f.dp.set_service(&frontend, 0, 0, &[100, 2, 1]).unwrap();
+        f.dp.set_service(&frontend, 0, Settings::default(), &[100, 2, 1])
+            .unwrap();
         for (s, was) in flows.iter().zip(&first) {
             let (a, out) = f.run(hook, &s.build());
             assert_eq!(a, Action::Pass);
@@ -324,7 +325,8 @@ fn flows_stay_on_their_backend_until_it_is_removed() {
         }
 
         // Backend 1 (BACKENDS4[0]) goes: its flows move, the others stay.
-        f.dp.set_service(&frontend, 0, 0, &[100, 2]).unwrap();
+        f.dp.set_service(&frontend, 0, Settings::default(), &[100, 2])
+            .unwrap();
         f.dp.remove_backend(1).unwrap();
         let gone: SocketAddr = BACKENDS4[0].parse().unwrap();
         let mut moved = 0;
@@ -459,4 +461,61 @@ fn physical_uplinks_treat_every_checksum_as_full() {
         }
         .build()
     );
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_backend_until_it_expires() {
+    use svc_agent::dataplane::{Frontend, Protocol, Settings};
+    use svc_common::service_flags::AFFINITY;
+    for hook in HOOKS {
+        let mut f = Fixture::new();
+        for (id, b) in [(1, BACKENDS4[0]), (2, BACKENDS4[1])] {
+            f.dp.set_backend(id, b.parse().unwrap()).unwrap();
+        }
+        let sticky = Settings {
+            flags: AFFINITY,
+            affinity_timeout_s: 1,
+        };
+        let fe = |a: &str| Frontend {
+            addr: a.parse().unwrap(),
+            proto: Protocol::Tcp,
+        };
+        f.dp.set_service(&fe("10.96.0.40:80"), 0, sticky, &[1, 2])
+            .unwrap();
+        // The same backends without affinity: shows where the hash alone
+        // sends a flow (the hash ignores the frontend address).
+        f.dp.set_service(&fe("10.96.0.41:80"), 1, Settings::default(), &[1, 2])
+            .unwrap();
+        let mut new_flow = |vip: &str, port: u16| {
+            let mut s = Spec::tcp(CLIENT4, vip);
+            s.src.set_port(port);
+            let (a, out) = f.run(hook, &s.build());
+            assert_dnat(hook, &s, a, &out)
+        };
+
+        let first = new_flow("10.96.0.40:80", 50000);
+        for port in 50001..50033 {
+            assert_eq!(
+                new_flow("10.96.0.40:80", port),
+                first,
+                "{hook:?}: flow {port} left its client's backend"
+            );
+        }
+        // A flow the hash alone would send elsewhere...
+        let port = (51000..52000)
+            .find(|&p| new_flow("10.96.0.41:80", p) != first)
+            .expect("some flow hashes to the other backend");
+        // ...still goes to the client's backend, until the affinity expires.
+        let mut probe = port + 1000;
+        while new_flow("10.96.0.41:80", probe) == first {
+            probe += 1;
+        }
+        assert_eq!(new_flow("10.96.0.40:80", port), first, "{hook:?}");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_ne!(
+            new_flow("10.96.0.40:80", probe),
+            first,
+            "{hook:?}: affinity outlived its timeout"
+        );
+    }
 }
