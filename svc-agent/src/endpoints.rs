@@ -16,14 +16,14 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-/// The label that ties a slice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+// The label that ties a slice to its Service, and the one set (empty) on
+// the slices of a Service without a cluster IP.
+use crate::model::{HEADLESS_LABEL, SERVICE_NAME_LABEL};
+
 /// The label naming the controller that manages a slice.
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 /// The value of [`MANAGED_BY_LABEL`] on the slices built here.
 pub const CONTROLLER_NAME: &str = "endpointslice-controller.k8s.io";
-/// Set (empty) on the slices of a Service without a cluster IP.
-const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// The controller's default `--max-endpoints-per-slice`.
 const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 
