@@ -54,18 +54,6 @@ fn ensure_rust_src() -> Result<()> {
 }
 
 fn ensure_bpf_linker() -> Result<()> {
-    let works = Command::new("bpf-linker")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if works {
-        return Ok(());
-    }
-    // bpf-linker links libLLVM dynamically and finds it through LLVM_PREFIX
-    // at build time and an rpath into LLVM_PREFIX/lib at run time, so the
-    // prefix must stay where it is. It points at the toolchain's libLLVM.
     let sysroot = sysroot()?;
     let libllvm = std::fs::read_dir(sysroot.join("lib"))?
         .filter_map(|e| e.ok())
@@ -77,6 +65,26 @@ fn ensure_bpf_linker() -> Result<()> {
         })
         .context("the toolchain has no libLLVM.so.* to build bpf-linker against")?;
     let soname = libllvm.file_name().unwrap().to_owned();
+    // Usable means: it runs, and against this toolchain's LLVM (a linker
+    // built for another LLVM cannot read the bitcode rustc emits).
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let same_llvm = which("bpf-linker").is_some_and(|bin| {
+        Command::new("ldd")
+            .arg(bin)
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&*soname.to_string_lossy()))
+    });
+    if works && same_llvm {
+        return Ok(());
+    }
+    // bpf-linker links libLLVM dynamically and finds it through LLVM_PREFIX
+    // at build time and an rpath into LLVM_PREFIX/lib at run time, so the
+    // prefix must stay where it is. It points at the toolchain's libLLVM.
     let prefix = cargo_home()?
         .join("svc-proxy-llvm")
         .join(sysroot.file_name().unwrap());
@@ -96,6 +104,7 @@ fn ensure_bpf_linker() -> Result<()> {
         .args([
             "install",
             "bpf-linker",
+            "--force",
             "--locked",
             "--version",
             BPF_LINKER_VERSION,
@@ -127,8 +136,14 @@ fn ensure_packages() -> Result<()> {
 }
 
 fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(cmd).is_file()))
+    which(cmd).is_some()
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(cmd))
+        .find(|p| p.is_file())
 }
 
 fn sysroot() -> Result<PathBuf> {
