@@ -62,9 +62,11 @@ pub async fn run(cfg: Config) -> Result<()> {
             backends.len()
         );
     }
+    let allocations = Allocations::load(&cfg.state_dir.join("allocations.json"))?;
     let mut state = State {
         reconciler: Reconciler::adopt(backends, frontends),
-        allocations: Allocations::load(&cfg.state_dir.join("allocations.json"))?,
+        saved_allocations: allocations.clone(),
+        allocations,
         admitted: BTreeMap::new(),
         events: BTreeMap::new(),
         last_rejections: BTreeMap::new(),
@@ -125,6 +127,8 @@ pub async fn run(cfg: Config) -> Result<()> {
 struct State {
     reconciler: Reconciler,
     allocations: Allocations,
+    /// What the state file holds.
+    saved_allocations: Allocations,
     /// Last admitted version of each Service, by "ns/name".
     admitted: BTreeMap<String, Service>,
     events: BTreeMap<String, Vec<EventView>>,
@@ -168,11 +172,16 @@ impl State {
             .iter()
             .map(|s| (key(s), s.clone()))
             .collect();
-        if let Err(e) = self
-            .allocations
-            .save(&cfg.state_dir.join("allocations.json"))
-        {
-            warn!("saving allocations: {e:#}");
+        // Written (and fsynced) only when it changed: most syncs are
+        // endpoint changes that allocate nothing.
+        if self.allocations != self.saved_allocations {
+            match self
+                .allocations
+                .save(&cfg.state_dir.join("allocations.json"))
+            {
+                Ok(()) => self.saved_allocations = self.allocations.clone(),
+                Err(e) => warn!("saving allocations: {e:#}"),
+            }
         }
 
         let mut slices = endpoints::endpoint_slices(&admission.admitted, &objects.pods);
