@@ -15,8 +15,8 @@ use aya::{
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
-        xdp::XdpLink,
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
+        xdp::{XdpLink, XdpLinkId},
     },
 };
 use svc_common::{
@@ -184,32 +184,24 @@ impl Dataplane {
     }
 
     /// Attaches the XDP program to an uplink (named in the calling thread's
-    /// network namespace).
+    /// network namespace); the link lives as long as this dataplane.
     pub fn attach_xdp(&mut self, iface: &str) -> Result<()> {
-        self.note_uplink(iface)?;
-        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?.try_into()?;
-        let name = std::ffi::CString::new(iface)?;
-        xdp.attach(name.as_c_str(), XdpMode::Default)
-            .with_context(|| format!("attaching XDP to {iface}"))?;
-        Ok(())
+        self.new_xdp_link(iface).map(drop)
     }
 
-    /// Attaches the tc program at tcx ingress of a pod veth (node side).
+    /// Attaches the tc program at tcx ingress of a pod veth (node side);
+    /// the link lives as long as this dataplane.
     pub fn attach_tc(&mut self, iface: &str) -> Result<()> {
-        let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?.try_into()?;
-        let name = std::ffi::CString::new(iface)?;
-        tc.attach(name.as_c_str(), TcAttachType::Ingress)
-            .with_context(|| format!("attaching tcx ingress to {iface}"))?;
-        Ok(())
+        self.new_tc_link(iface).map(drop)
     }
 
     /// Attaches XDP to `iface` through a link pinned at `pin`. If a link is
     /// pinned there already (an earlier agent's), its program is replaced
     /// atomically instead: no packet goes unprocessed during an upgrade.
     pub fn attach_xdp_pinned(&mut self, iface: &str, pin: &Path) -> Result<()> {
-        self.note_uplink(iface)?;
-        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?.try_into()?;
         if let Some(link) = adopt_link(pin) {
+            self.note_uplink(iface)?;
+            let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?.try_into()?;
             if let Ok(link) = XdpLink::try_from(link)
                 && xdp.attach_to_link(link).is_ok()
             {
@@ -217,21 +209,16 @@ impl Dataplane {
             }
             let _ = std::fs::remove_file(pin);
         }
-        let name = std::ffi::CString::new(iface)?;
-        let id = xdp
-            .attach(name.as_c_str(), XdpMode::Default)
-            .with_context(|| format!("attaching XDP to {iface}"))?;
-        let link: FdLink = xdp.take_link(id)?.try_into()?;
-        link.pin(pin)
-            .with_context(|| format!("pinning {}", pin.display()))?;
-        Ok(())
+        let id = self.new_xdp_link(iface)?;
+        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?.try_into()?;
+        pin_link(xdp.take_link(id)?.try_into()?, pin)
     }
 
     /// Attaches tcx ingress to `iface` through a link pinned at `pin`,
     /// adopting an existing pinned link as `attach_xdp_pinned` does.
     pub fn attach_tc_pinned(&mut self, iface: &str, pin: &Path) -> Result<()> {
-        let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?.try_into()?;
         if let Some(link) = adopt_link(pin) {
+            let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?.try_into()?;
             if let Ok(link) = SchedClassifierLink::try_from(link)
                 && tc.attach_to_link(link).is_ok()
             {
@@ -239,14 +226,24 @@ impl Dataplane {
             }
             let _ = std::fs::remove_file(pin);
         }
+        let id = self.new_tc_link(iface)?;
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?.try_into()?;
+        pin_link(tc.take_link(id)?.try_into()?, pin)
+    }
+
+    fn new_xdp_link(&mut self, iface: &str) -> Result<XdpLinkId> {
+        self.note_uplink(iface)?;
+        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?.try_into()?;
         let name = std::ffi::CString::new(iface)?;
-        let id = tc
-            .attach(name.as_c_str(), TcAttachType::Ingress)
-            .with_context(|| format!("attaching tcx ingress to {iface}"))?;
-        let link: FdLink = tc.take_link(id)?.try_into()?;
-        link.pin(pin)
-            .with_context(|| format!("pinning {}", pin.display()))?;
-        Ok(())
+        xdp.attach(name.as_c_str(), XdpMode::Default)
+            .with_context(|| format!("attaching XDP to {iface}"))
+    }
+
+    fn new_tc_link(&mut self, iface: &str) -> Result<SchedClassifierLinkId> {
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?.try_into()?;
+        let name = std::ffi::CString::new(iface)?;
+        tc.attach(name.as_c_str(), TcAttachType::Ingress)
+            .with_context(|| format!("attaching tcx ingress to {iface}"))
     }
 
     /// Tells the XDP program whether `iface` may deliver partial
@@ -511,6 +508,12 @@ fn is_bpffs(path: &Path) -> bool {
     // SAFETY: statfs writes into the zeroed struct we pass.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+fn pin_link(link: FdLink, pin: &Path) -> Result<()> {
+    link.pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
 }
 
 /// The link pinned at `pin`, if one is there.
