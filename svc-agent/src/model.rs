@@ -73,10 +73,7 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> D
         let Some(spec) = &svc.spec else { continue };
         let namespace = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
-        let own_slices: Vec<&EndpointSlice> = slices
-            .iter()
-            .filter(|s| belongs_to(s, &namespace, &name))
-            .collect();
+        let own_slices = own_slices(svc, slices);
         let mut flags = 0;
         if spec.external_traffic_policy.as_deref() == Some("Local") {
             flags |= service_flags::EXTERNAL_LOCAL;
@@ -172,14 +169,21 @@ fn service_ips(svc: &Service) -> Vec<IpAddr> {
     ips.into_iter().collect()
 }
 
-fn belongs_to(slice: &EndpointSlice, namespace: &str, name: &str) -> bool {
-    slice.metadata.namespace.as_deref().unwrap_or("default") == namespace
-        && slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            .is_some_and(|n| n == name)
+/// The slices labelled as the Service's, in its namespace.
+fn own_slices<'a>(svc: &Service, slices: &'a [EndpointSlice]) -> Vec<&'a EndpointSlice> {
+    let namespace = svc.metadata.namespace.as_deref().unwrap_or("default");
+    let name = svc.metadata.name.as_deref().unwrap_or("");
+    slices
+        .iter()
+        .filter(|s| {
+            s.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    .is_some_and(|n| n == name)
+        })
+        .collect()
 }
 
 /// Ready endpoints of one service port and family; if none is ready, the
@@ -231,12 +235,7 @@ fn backends(
 
 /// Ready endpoints per service port (both families), for the CLI.
 pub fn port_endpoints(svc: &Service, slices: &[EndpointSlice]) -> Vec<PortEndpoints> {
-    let namespace = svc.metadata.namespace.clone().unwrap_or_default();
-    let name = svc.metadata.name.clone().unwrap_or_default();
-    let own: Vec<&EndpointSlice> = slices
-        .iter()
-        .filter(|s| belongs_to(s, &namespace, &name))
-        .collect();
+    let own = own_slices(svc, slices);
     svc.spec
         .iter()
         .flat_map(|s| s.ports.iter().flatten())
