@@ -8,45 +8,107 @@
 //! agent adopts the pins and reconciles from what the maps hold.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use log::{info, warn};
-use notify::Watcher as _;
 
 use crate::{
     api::{self, Snapshot},
-    apiserver::{self, Allocations, ServiceNetwork},
+    apiserver::ServiceNetwork,
+    cluster::{self, ClusterSource},
     dataplane::{Dataplane, Pins},
-    endpoints, manifests,
-    model::{self, Node},
+    health::Health,
+    http_server::{self, HealthHandle, SharedHealth},
+    manifest_source::ManifestSource,
+    metrics::{self, Exposition, Histogram, Sample, single},
+    model::{self, Desired, Node, Problem, SliceIndex},
     netif,
     reconcile::Reconciler,
     view::{EventView, ServiceView},
 };
 
 pub struct Config {
-    pub manifests: PathBuf,
+    pub source: SourceConfig,
     pub uplinks: Vec<String>,
     /// Interface names or globs (`veth*`).
     pub pod_interfaces: Vec<String>,
-    /// Node addresses for NodePorts; empty means the uplinks' addresses.
+    /// Node addresses for NodePorts; empty means the Node object's (in
+    /// cluster mode), else the uplinks'.
     pub node_ips: Vec<IpAddr>,
-    pub network: ServiceNetwork,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub pins: Pins,
+    /// Where `/healthz` and `/livez` are served (kube-proxy's 10256).
+    pub healthz_addr: Option<SocketAddr>,
+    /// Where `/metrics` and `/proxyMode` are served (kube-proxy's 10249).
+    pub metrics_addr: Option<SocketAddr>,
+    /// How often the maps are compared with the desired state and
+    /// repaired; health goes stale after twice this.
+    pub sync_period: Duration,
 }
 
-/// How long a burst of file events may keep growing before one sync.
+pub enum SourceConfig {
+    /// A directory of manifests (no API server).
+    Manifests {
+        dir: PathBuf,
+        network: ServiceNetwork,
+    },
+    /// The Kubernetes API.
+    Cluster {
+        /// None: in-cluster configuration.
+        kubeconfig: Option<PathBuf>,
+        node_name: String,
+    },
+}
+
+/// What a source provides at a sync.
+pub struct Inputs {
+    pub services: Vec<Service>,
+    pub slices: Vec<EndpointSlice>,
+    /// This agent's Node, when the source knows it.
+    pub node: Option<k8s_openapi::api::core::v1::Node>,
+    /// Services (or parts) the source could not accept, with why.
+    pub problems: Vec<Problem>,
+}
+
+enum Source {
+    Manifests(ManifestSource),
+    Cluster(ClusterSource),
+}
+
+impl Source {
+    fn ready(&self) -> bool {
+        match self {
+            Source::Manifests(_) => true,
+            Source::Cluster(c) => c.is_ready(),
+        }
+    }
+
+    fn read(&mut self) -> Inputs {
+        match self {
+            Source::Manifests(m) => m.read(),
+            Source::Cluster(c) => Inputs {
+                services: c.services(),
+                slices: c.slices(),
+                node: c.node(),
+                problems: Vec::new(),
+            },
+        }
+    }
+}
+
+/// How long a burst of changes may keep growing before one sync.
 const COALESCE: Duration = Duration::from_millis(20);
 /// How often interfaces are rescanned for new pod veths.
 const INTERFACE_SCAN: Duration = Duration::from_millis(500);
+/// How soon a sync that failed is tried again.
+const RETRY: Duration = Duration::from_secs(1);
 
 pub async fn run(cfg: Config) -> Result<()> {
     cfg.pins.prepare()?;
@@ -62,15 +124,23 @@ pub async fn run(cfg: Config) -> Result<()> {
             backends.len()
         );
     }
-    let allocations = Allocations::load(&cfg.state_dir.join("allocations.json"))?;
-    let mut state = State {
-        reconciler: Reconciler::adopt(backends, frontends),
-        saved_allocations: allocations.clone(),
-        allocations,
-        admitted: BTreeMap::new(),
-        events: BTreeMap::new(),
-        last_rejections: BTreeMap::new(),
-    };
+
+    let health = Arc::new(Mutex::new(SharedHealth {
+        health: Health::new(2 * cfg.sync_period),
+        answered: BTreeMap::new(),
+    }));
+    // The first sync is due from the start: an agent that never manages
+    // one (no API server) goes unhealthy after the timeout.
+    health.lock().unwrap().health.queued(SystemTime::now());
+    let (metrics_tx, mut metrics_rx) = tokio::sync::mpsc::channel(4);
+    http_server::start(
+        cfg.healthz_addr,
+        cfg.metrics_addr,
+        health.clone(),
+        metrics_tx,
+    )
+    .await?;
+
     let snapshot = Arc::new(Mutex::new(Snapshot::default()));
     let server = tokio::spawn({
         let (path, snapshot) = (cfg.socket.clone(), snapshot.clone());
@@ -81,42 +151,79 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
     });
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok() {
-            let _ = tx.send(());
+    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+    let source = match &cfg.source {
+        SourceConfig::Manifests { dir, network } => Source::Manifests(ManifestSource::start(
+            dir,
+            network.clone(),
+            &cfg.state_dir,
+            changed_tx,
+        )?),
+        SourceConfig::Cluster {
+            kubeconfig,
+            node_name,
+        } => {
+            let client = cluster::client(kubeconfig.as_deref()).await?;
+            info!("watching the API server as node {node_name}");
+            Source::Cluster(ClusterSource::start(client, node_name.clone(), changed_tx))
         }
-    })?;
-    std::fs::create_dir_all(&cfg.manifests)?;
-    watcher
-        .watch(&cfg.manifests, notify::RecursiveMode::NonRecursive)
-        .with_context(|| format!("watching {}", cfg.manifests.display()))?;
+    };
+    let mut state = State {
+        source,
+        reconciler: Reconciler::adopt(backends, frontends),
+        desired: Desired::new(),
+        events: BTreeMap::new(),
+        last_problems: BTreeMap::new(),
+        counters: Counters::default(),
+        health,
+    };
 
     let mut interfaces = Interfaces::default();
     interfaces.scan(&cfg, &mut dp);
-    let node = Node {
-        ips: if cfg.node_ips.is_empty() {
-            netif::addresses(&cfg.uplinks)
-        } else {
-            cfg.node_ips.clone()
-        },
-    };
-    state.sync(&cfg, &node, &mut dp, &snapshot);
+    let mut retry_at = None;
+    if state.source.ready() && !state.sync(&cfg, &mut dp, &snapshot) {
+        retry_at = Some(Instant::now() + RETRY);
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut scan = tokio::time::interval(INTERFACE_SCAN);
+    let mut resync = tokio::time::interval_at(
+        tokio::time::Instant::now() + cfg.sync_period,
+        cfg.sync_period,
+    );
     loop {
-        tokio::select! {
+        let retry = async {
+            match retry_at {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let ok = tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = scan.tick() => interfaces.scan(&cfg, &mut dp),
-            Some(()) = rx.recv() => {
-                // Coalesce a burst (an editor's write, a `cp` of many files).
-                tokio::time::sleep(COALESCE).await;
-                while rx.try_recv().is_ok() {}
-                state.sync(&cfg, &node, &mut dp, &snapshot);
+            _ = scan.tick() => {
+                interfaces.scan(&cfg, &mut dp);
+                continue;
             }
-        }
+            Some(reply) = metrics_rx.recv() => {
+                let _ = reply.send(state.render_metrics(&dp));
+                continue;
+            }
+            Some(()) = changed.recv() => {
+                state.counters.last_queued = Some(SystemTime::now());
+                state.health.lock().unwrap().health.queued(SystemTime::now());
+                // Coalesce a burst (an editor's write, a relist).
+                tokio::time::sleep(COALESCE).await;
+                while changed.try_recv().is_ok() {}
+                state.sync(&cfg, &mut dp, &snapshot)
+            }
+            _ = resync.tick() => {
+                state.repair_drift(&dp);
+                state.sync(&cfg, &mut dp, &snapshot)
+            }
+            _ = retry => state.sync(&cfg, &mut dp, &snapshot),
+        };
+        retry_at = (!ok).then(|| Instant::now() + RETRY);
     }
     info!("stopping; the pinned dataplane keeps serving");
     server.abort();
@@ -124,92 +231,168 @@ pub async fn run(cfg: Config) -> Result<()> {
     Ok(())
 }
 
+/// Counters behind `/metrics` that only the loop updates.
+struct Counters {
+    sync_duration: Histogram,
+    last_sync: Option<SystemTime>,
+    last_queued: Option<SystemTime>,
+    reconcile_errors: u64,
+    drift_repairs: u64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            // kube-proxy's buckets for the same metric.
+            sync_duration: Histogram::exponential(0.001, 2.0, 15),
+            last_sync: None,
+            last_queued: None,
+            reconcile_errors: 0,
+            drift_repairs: 0,
+        }
+    }
+}
+
 struct State {
+    source: Source,
     reconciler: Reconciler,
-    allocations: Allocations,
-    /// What the state file holds.
-    saved_allocations: Allocations,
-    /// Last admitted version of each Service, by "ns/name".
-    admitted: BTreeMap<String, Service>,
+    /// The desired state of the last sync.
+    desired: Desired,
     events: BTreeMap<String, Vec<EventView>>,
-    /// The rejection message each object had at the last sync, so an
-    /// unchanged invalid file is reported once, not at every sync.
-    last_rejections: BTreeMap<String, String>,
+    /// Each Service's problems at the last sync, so a lasting problem is
+    /// reported once, not at every sync.
+    last_problems: BTreeMap<String, BTreeSet<(String, String)>>,
+    counters: Counters,
+    health: HealthHandle,
 }
 
 impl State {
-    fn sync(&mut self, cfg: &Config, node: &Node, dp: &mut Dataplane, snapshot: &Mutex<Snapshot>) {
-        let started = Instant::now();
-        let objects = manifests::read_dir(&cfg.manifests);
-        for e in &objects.errors {
-            warn!("manifests: {e}");
+    /// Makes the maps equal to what the source describes; false if some of
+    /// it could not be programmed (to be retried).
+    fn sync(&mut self, cfg: &Config, dp: &mut Dataplane, snapshot: &Mutex<Snapshot>) -> bool {
+        if !self.source.ready() {
+            return true;
         }
-        let admission = apiserver::admit(
-            objects.services,
-            &self.admitted,
-            &cfg.network,
-            &mut self.allocations,
-        );
+        let started = Instant::now();
+        let inputs = self.source.read();
+        let node = Node {
+            ips: node_ips(cfg, inputs.node.as_ref()),
+        };
+        let desired = model::desired(&inputs.services, &inputs.slices, &node);
+        let mut problems = inputs.problems;
+        problems.extend(model::problems(&inputs.services));
+        let ok = match self.reconciler.apply(&desired, dp) {
+            Ok(c) => {
+                if c.frontends_set + c.frontends_removed + c.backends_added + c.backends_removed > 0
+                {
+                    info!(
+                        "programmed in {:?}: {} frontends set, {} removed, {} backends added, {} removed",
+                        started.elapsed(),
+                        c.frontends_set,
+                        c.frontends_removed,
+                        c.backends_added,
+                        c.backends_removed
+                    );
+                }
+                for (fe, why) in &c.failed {
+                    if let Some(t) = desired.get(fe) {
+                        problems.push(Problem {
+                            namespace: t.service.namespace.clone(),
+                            name: t.service.name.clone(),
+                            reason: "FailedToProgram".into(),
+                            message: format!("{} {:?}: {why}", fe.addr, fe.proto),
+                        });
+                    }
+                }
+                c.failed.is_empty()
+            }
+            Err(e) => {
+                warn!("programming the dataplane: {e:#}");
+                false
+            }
+        };
+        let now = SystemTime::now();
+        {
+            let mut shared = self.health.lock().unwrap();
+            shared.health.set_node(inputs.node.as_ref());
+            if ok {
+                shared.health.updated(now);
+            }
+        }
+        if ok {
+            self.counters
+                .sync_duration
+                .observe(started.elapsed().as_secs_f64());
+            self.counters.last_sync = Some(now);
+        } else {
+            self.counters.reconcile_errors += 1;
+        }
+        self.desired = desired;
+        self.report(problems);
+        self.publish(&inputs.services, &inputs.slices, snapshot);
+        ok
+    }
+
+    /// Compares the maps with what was programmed; on a difference (an
+    /// entry deleted or rewritten behind the agent's back), adopts what the
+    /// maps hold so the next sync rewrites exactly what differs.
+    fn repair_drift(&mut self, dp: &Dataplane) {
+        match dp.dump() {
+            Ok((backends, frontends)) => {
+                let drift = self.reconciler.drift(&backends, &frontends);
+                if drift > 0 {
+                    warn!("{drift} map entries differ from what was programmed; repairing");
+                    self.counters.drift_repairs += drift as u64;
+                    self.reconciler = Reconciler::adopt(backends, frontends);
+                }
+            }
+            Err(e) => warn!("reading the maps back: {e:#}"),
+        }
+    }
+
+    /// Logs and records (and in cluster mode, publishes as Events) the
+    /// problems that are new since the last sync.
+    fn report(&mut self, problems: Vec<Problem>) {
         let now = unix_now();
-        let mut rejections = BTreeMap::new();
-        for r in &admission.rejections {
-            let key = format!("{}/{}", r.namespace, r.name);
-            if self.last_rejections.get(&key) != Some(&r.message) {
-                warn!("{}", r.message);
+        let mut current: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+        for p in problems {
+            let key = format!("{}/{}", p.namespace, p.name);
+            let entry = (p.reason.clone(), p.message.clone());
+            let known = self
+                .last_problems
+                .get(&key)
+                .is_some_and(|s| s.contains(&entry));
+            if !known {
+                warn!("{key}: {}: {}", p.reason, p.message);
                 record(
                     self.events.entry(key.clone()).or_default(),
                     "Warning",
-                    "Invalid",
-                    &r.message,
+                    &p.reason,
+                    &p.message,
                     now,
                 );
+                if let Source::Cluster(c) = &self.source {
+                    c.publish(&p);
+                }
             }
-            rejections.insert(key, r.message.clone());
+            current.entry(key).or_default().insert(entry);
         }
-        self.last_rejections = rejections;
-        self.admitted = admission
-            .admitted
-            .iter()
-            .map(|s| (key(s), s.clone()))
-            .collect();
-        // Written (and fsynced) only when it changed: most syncs are
-        // endpoint changes that allocate nothing.
-        if self.allocations != self.saved_allocations {
-            match self
-                .allocations
-                .save(&cfg.state_dir.join("allocations.json"))
-            {
-                Ok(()) => self.saved_allocations = self.allocations.clone(),
-                Err(e) => warn!("saving allocations: {e:#}"),
-            }
-        }
+        self.last_problems = current;
+    }
 
-        let mut slices = endpoints::endpoint_slices(&admission.admitted, &objects.pods);
-        slices.extend(objects.endpoint_slices);
-        let desired = model::desired(&admission.admitted, &slices, node);
-        match self.reconciler.apply(&desired, dp) {
-            Ok(c) if !c.is_empty() => info!(
-                "programmed in {:?}: {} frontends set, {} removed, {} backends added, {} removed",
-                started.elapsed(),
-                c.frontends_set,
-                c.frontends_removed,
-                c.backends_added,
-                c.backends_removed
-            ),
-            Ok(_) => {}
-            Err(e) => warn!("programming the dataplane: {e:#}"),
-        }
-
-        let names: BTreeSet<String> = self.admitted.keys().cloned().collect();
-        let services = admission
-            .admitted
+    /// What the CLI's socket answers from.
+    fn publish(&self, services: &[Service], slices: &[EndpointSlice], snapshot: &Mutex<Snapshot>) {
+        let index = SliceIndex::new(slices);
+        let mut views: Vec<ServiceView> = services
             .iter()
             .map(|s| ServiceView {
                 service: s.clone(),
-                endpoints: model::port_endpoints(s, &slices),
+                endpoints: model::port_endpoints(s, &index),
                 events: self.events.get(&key(s)).cloned().unwrap_or_default(),
             })
             .collect();
+        views.sort_by_key(|v| key(&v.service));
+        let names: BTreeSet<String> = services.iter().map(key).collect();
         let orphan_events = self
             .events
             .iter()
@@ -217,13 +400,148 @@ impl State {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         *snapshot.lock().unwrap() = Snapshot {
-            services,
+            services: views,
             orphan_events,
         };
     }
+
+    fn render_metrics(&self, dp: &Dataplane) -> String {
+        let mut e = Exposition::default();
+        let c = &self.counters;
+        e.histogram(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "How long one sync of the desired state into the BPF maps took, in seconds.",
+            &c.sync_duration,
+        );
+        e.gauge(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "When the maps were last synced successfully (Unix seconds).",
+            &single(metrics::timestamp(c.last_sync)),
+        );
+        e.gauge(
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            "When a change was last queued for a sync (Unix seconds).",
+            &single(metrics::timestamp(c.last_queued)),
+        );
+        {
+            let shared = self.health.lock().unwrap();
+            for (name, path) in [
+                ("kubeproxy_proxy_healthz_total", "/healthz"),
+                ("kubeproxy_proxy_livez_total", "/livez"),
+            ] {
+                let samples: Vec<Sample> = shared
+                    .answered
+                    .iter()
+                    .filter(|((p, _), _)| *p == path)
+                    .map(|((_, code), n)| (vec![("code", code.to_string())], *n as f64))
+                    .collect();
+                e.counter(
+                    name,
+                    &format!("Answers of {path}, by status code."),
+                    &samples,
+                );
+            }
+        }
+        let programmed = self.reconciler.frontends();
+        let services: BTreeSet<(&str, &str)> = programmed
+            .keys()
+            .filter_map(|fe| self.desired.get(fe))
+            .map(|t| (t.service.namespace.as_str(), t.service.name.as_str()))
+            .collect();
+        e.gauge(
+            "svc_agent_services_programmed",
+            "Services with at least one frontend in the maps.",
+            &single(services.len() as f64),
+        );
+        e.gauge(
+            "svc_agent_frontends_programmed",
+            "Frontends (service IP, port, protocol) in the maps.",
+            &single(programmed.len() as f64),
+        );
+        e.gauge(
+            "svc_agent_endpoints_programmed",
+            "Distinct backends (endpoint address and port) in the maps.",
+            &single(self.reconciler.backend_count() as f64),
+        );
+        e.counter(
+            "svc_agent_reconcile_errors_total",
+            "Syncs that could not program everything (retried).",
+            &single(c.reconcile_errors as f64),
+        );
+        e.counter(
+            "svc_agent_drift_repairs_total",
+            "Map entries found different from what was programmed, and repaired.",
+            &single(c.drift_repairs as f64),
+        );
+
+        // Per-frontend traffic, from the per-CPU counters.
+        let (mut packets, mut bytes) = (Vec::new(), Vec::new());
+        for (fe, p) in programmed {
+            let (Some(t), Ok(s)) = (self.desired.get(fe), dp.service_stats(p.service_id)) else {
+                continue;
+            };
+            for (direction, n_packets, n_bytes) in [
+                ("forward", s.packets, s.bytes),
+                ("reply", s.reply_packets, s.reply_bytes),
+            ] {
+                let labels = vec![
+                    ("namespace", t.service.namespace.clone()),
+                    ("service", t.service.name.clone()),
+                    ("port", t.service.port.clone()),
+                    ("protocol", format!("{:?}", fe.proto).to_uppercase()),
+                    ("frontend", fe.addr.to_string()),
+                    ("direction", direction.to_string()),
+                ];
+                packets.push((labels.clone(), n_packets as f64));
+                bytes.push((labels, n_bytes as f64));
+            }
+        }
+        e.counter(
+            "svc_agent_service_packets_total",
+            "Packets translated per frontend: forward (client to backend) and reply.",
+            &packets,
+        );
+        e.counter(
+            "svc_agent_service_bytes_total",
+            "Bytes translated per frontend: forward (client to backend) and reply.",
+            &bytes,
+        );
+        if let Ok(drops) = dp.drop_stats() {
+            let samples: Vec<Sample> = drops
+                .iter()
+                .map(|(r, n)| (vec![("reason", format!("{r:?}"))], *n as f64))
+                .collect();
+            e.counter(
+                "svc_agent_dropped_packets_total",
+                "Packets to a frontend that the programs dropped, by reason.",
+                &samples,
+            );
+        }
+        e.finish()
+    }
 }
 
-fn key(s: &Service) -> String {
+/// The addresses NodePorts answer on: `--node-ip`, else the Node object's
+/// InternalIP and ExternalIP addresses, else the uplinks' addresses.
+fn node_ips(cfg: &Config, node: Option<&k8s_openapi::api::core::v1::Node>) -> Vec<IpAddr> {
+    if !cfg.node_ips.is_empty() {
+        return cfg.node_ips.clone();
+    }
+    let from_node: Vec<IpAddr> = node
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    if !from_node.is_empty() {
+        return from_node;
+    }
+    netif::addresses(&cfg.uplinks)
+}
+
+pub fn key(s: &Service) -> String {
     format!(
         "{}/{}",
         s.metadata.namespace.as_deref().unwrap_or("default"),

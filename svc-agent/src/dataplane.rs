@@ -382,53 +382,76 @@ impl Dataplane {
 
     /// What the maps hold, for a reconciler adopting them: backend ids
     /// and each frontend's slots.
-    #[allow(clippy::type_complexity)]
-    pub fn dump(&self) -> Result<(BTreeMap<u32, SocketAddr>, BTreeMap<Frontend, Programmed>)> {
-        let mut backends = BTreeMap::new();
-        for entry in self.backends.iter() {
-            let (id, b) = entry?;
-            backends.insert(
-                id,
-                SocketAddr::new(unmap_addr(b.addr), u16::from_be(b.port)),
-            );
-        }
-        let mut heads = BTreeMap::new();
-        let mut slots: BTreeMap<Frontend, BTreeMap<u16, u32>> = BTreeMap::new();
-        for entry in self.services.iter() {
-            let (key, value) = entry?;
-            let fe = Frontend {
-                addr: SocketAddr::new(unmap_addr(key.addr), u16::from_be(key.port)),
-                proto: Protocol::try_from(key.proto)?,
-            };
-            if key.slot == 0 {
-                heads.insert(fe, value);
-            } else {
-                slots
-                    .entry(fe)
-                    .or_default()
-                    .insert(key.slot, value.backend_id);
-            }
-        }
-        let frontends = heads
-            .into_iter()
-            .map(|(fe, head)| {
-                let ids = slots.remove(&fe).unwrap_or_default();
-                let backend_ids = (1..=head.backend_count)
-                    .filter_map(|s| ids.get(&s).copied())
-                    .collect();
-                let p = Programmed {
-                    service_id: head.service_id,
-                    settings: Settings {
-                        flags: head.flags,
-                        affinity_timeout_s: head.affinity_timeout_s,
-                    },
-                    backend_ids,
-                };
-                (fe, p)
-            })
-            .collect();
-        Ok((backends, frontends))
+    pub fn dump(&self) -> Result<MapContents> {
+        dump(&self.services, &self.backends)
     }
+}
+
+/// Backend ids with their endpoints, and each frontend's slots.
+pub type MapContents = (BTreeMap<u32, SocketAddr>, BTreeMap<Frontend, Programmed>);
+
+/// Reads the service and backend maps an agent pinned under `pins`, from
+/// outside it (tests, diagnostics).
+pub fn dump_pinned(pins: &Pins) -> Result<MapContents> {
+    let open = |name: &str| -> Result<aya::maps::Map> {
+        let path = pins.maps_dir().join(name);
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(aya::maps::Map::HashMap(data))
+    };
+    let services = HashMap::try_from(open(SERVICES_MAP)?)?;
+    let backends = HashMap::try_from(open(BACKENDS_MAP)?)?;
+    dump(&services, &backends)
+}
+
+fn dump(
+    services: &HashMap<MapData, ServiceKey, ServiceValue>,
+    backends_map: &HashMap<MapData, u32, Backend>,
+) -> Result<MapContents> {
+    let mut backends = BTreeMap::new();
+    for entry in backends_map.iter() {
+        let (id, b) = entry?;
+        backends.insert(
+            id,
+            SocketAddr::new(unmap_addr(b.addr), u16::from_be(b.port)),
+        );
+    }
+    let mut heads = BTreeMap::new();
+    let mut slots: BTreeMap<Frontend, BTreeMap<u16, u32>> = BTreeMap::new();
+    for entry in services.iter() {
+        let (key, value) = entry?;
+        let fe = Frontend {
+            addr: SocketAddr::new(unmap_addr(key.addr), u16::from_be(key.port)),
+            proto: Protocol::try_from(key.proto)?,
+        };
+        if key.slot == 0 {
+            heads.insert(fe, value);
+        } else {
+            slots
+                .entry(fe)
+                .or_default()
+                .insert(key.slot, value.backend_id);
+        }
+    }
+    let frontends = heads
+        .into_iter()
+        .map(|(fe, head)| {
+            let ids = slots.remove(&fe).unwrap_or_default();
+            let backend_ids = (1..=head.backend_count)
+                .filter_map(|s| ids.get(&s).copied())
+                .collect();
+            let p = Programmed {
+                service_id: head.service_id,
+                settings: Settings {
+                    flags: head.flags,
+                    affinity_timeout_s: head.affinity_timeout_s,
+                },
+                backend_ids,
+            };
+            (fe, p)
+        })
+        .collect();
+    Ok((backends, frontends))
 }
 
 /// Where an agent pins its maps and links, under one bpffs directory:

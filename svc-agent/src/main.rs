@@ -1,10 +1,14 @@
 //! `svc-agent`: the daemon and its kubectl-style command line.
-use std::{net::IpAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use svc_agent::{
-    agent::{self, Config, unix_now},
+    agent::{self, Config, SourceConfig, unix_now},
     api::{self, Request, Response},
     apiserver::{Cidr, ServiceNetwork},
     dataplane::Pins,
@@ -24,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load and attach the dataplane, and serve the Services in a manifests directory.
+    /// Load and attach the dataplane, and serve the Services of the
+    /// Kubernetes API (or of a manifests directory).
     Run(RunArgs),
     /// Display services, as `kubectl get` does.
     Get {
@@ -69,22 +74,53 @@ enum OutputFormat {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Directory of Service, Pod and EndpointSlice manifests (watched).
+    /// Kubeconfig of the API server to watch (default: the in-cluster
+    /// service account, or $KUBECONFIG).
+    #[arg(long, conflicts_with = "manifests")]
+    kubeconfig: Option<PathBuf>,
+    /// The Node this agent serves (default: the host name).
+    #[arg(long, env = "NODE_NAME")]
+    hostname_override: Option<String>,
+    /// Instead of an API server: a directory of Service, Pod and
+    /// EndpointSlice manifests (watched), for clusters without one.
     #[arg(long)]
-    manifests: PathBuf,
+    manifests: Option<PathBuf>,
     /// Uplinks (traffic from outside the node): get the XDP program.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        env = "SVC_AGENT_UPLINKS",
+        value_delimiter = ',',
+        required = true
+    )]
     uplinks: Vec<String>,
     /// Node-side pod interfaces, names or globs (`veth*,cali*,lxc*`): get
     /// the tcx program, also when they appear later.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        env = "SVC_AGENT_POD_INTERFACES",
+        value_delimiter = ',',
+        required = true
+    )]
     pod_interfaces: Vec<String>,
-    /// Node addresses NodePorts answer on (default: the uplinks').
-    #[arg(long, value_delimiter = ',')]
+    /// Node addresses NodePorts answer on (default: the Node object's
+    /// InternalIP and ExternalIP addresses, else the uplinks').
+    #[arg(long, env = "SVC_AGENT_NODE_IP", value_delimiter = ',')]
     node_ip: Vec<IpAddr>,
-    /// Service CIDR(s), at most one per family; the first is the primary.
+    /// /healthz and /livez, as kube-proxy serves them ("" to disable).
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    healthz_bind_address: BindAddress,
+    /// /metrics (Prometheus) and /proxyMode ("" to disable).
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind_address: BindAddress,
+    /// How often the maps are checked against the desired state and
+    /// repaired (e.g. 30s, 1m, 500ms); health is stale after twice this.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    sync_period: Duration,
+    /// Manifests mode: service CIDR(s), at most one per family; the first
+    /// is the primary.
     #[arg(long, value_delimiter = ',', default_value = "10.96.0.0/12")]
     service_cidr: Vec<Cidr>,
+    /// Manifests mode: the nodePort range.
     #[arg(long, default_value = "30000-32767")]
     node_port_range: String,
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
@@ -93,6 +129,40 @@ struct RunArgs {
     socket: PathBuf,
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
+}
+
+/// A listener's address; empty for none.
+#[derive(Clone, Debug, PartialEq)]
+struct BindAddress(Option<SocketAddr>);
+
+impl std::str::FromStr for BindAddress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Ok(Self(None));
+        }
+        s.parse()
+            .map(|a| Self(Some(a)))
+            .map_err(|e| format!("{s:?}: {e} (expected IP:PORT)"))
+    }
+}
+
+/// "30s", "1m", "1h", "500ms".
+fn duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: expected e.g. 30s"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h")),
+    };
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
 }
 
 fn main() -> Result<()> {
@@ -186,22 +256,95 @@ fn main() -> Result<()> {
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    let (lo, hi) = args
-        .node_port_range
-        .split_once('-')
-        .context("--node-port-range: expected LOW-HIGH")?;
-    let node_ports = lo.trim().parse::<u16>()?..=hi.trim().parse::<u16>()?;
+    let source = match args.manifests {
+        Some(dir) => {
+            let (lo, hi) = args
+                .node_port_range
+                .split_once('-')
+                .context("--node-port-range: expected LOW-HIGH")?;
+            let node_ports = lo.trim().parse::<u16>()?..=hi.trim().parse::<u16>()?;
+            SourceConfig::Manifests {
+                dir,
+                network: ServiceNetwork::new(args.service_cidr, node_ports)?,
+            }
+        }
+        None => SourceConfig::Cluster {
+            kubeconfig: args.kubeconfig,
+            node_name: match args.hostname_override {
+                Some(n) => n,
+                None => host_name()?,
+            }
+            .to_lowercase(),
+        },
+    };
     let config = Config {
-        manifests: args.manifests,
+        source,
         uplinks: args.uplinks,
         pod_interfaces: args.pod_interfaces,
         node_ips: args.node_ip,
-        network: ServiceNetwork::new(args.service_cidr, node_ports)?,
         state_dir: args.state_dir,
         socket: args.socket,
         pins: Pins {
             dir: args.bpffs_dir,
         },
+        healthz_addr: args.healthz_bind_address.0,
+        metrics_addr: args.metrics_bind_address.0,
+        sync_period: args.sync_period,
     };
     tokio::runtime::Runtime::new()?.block_on(agent::run(config))
+}
+
+/// The kernel's host name, as kube-proxy defaults its node name to.
+fn host_name() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the host name (or pass --hostname-override / NODE_NAME)")?;
+    Ok(name.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_addresses_parse() {
+        assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(duration("0s").is_err());
+        assert!(duration("30").is_err());
+        assert_eq!("".parse(), Ok(BindAddress(None)));
+        assert_eq!(
+            "0.0.0.0:10256".parse(),
+            Ok(BindAddress(Some("0.0.0.0:10256".parse().unwrap())))
+        );
+        assert!("10256".parse::<BindAddress>().is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent_and_parses() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "svc-agent",
+            "run",
+            "--uplinks",
+            "eth0",
+            "--pod-interfaces",
+            "veth*",
+            "--healthz-bind-address",
+            "",
+            "--sync-period",
+            "1s",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.healthz_bind_address, BindAddress(None));
+        assert_eq!(
+            args.metrics_bind_address,
+            BindAddress(Some("127.0.0.1:10249".parse().unwrap()))
+        );
+        assert_eq!(args.sync_period, Duration::from_secs(1));
+    }
 }

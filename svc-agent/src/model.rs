@@ -68,12 +68,13 @@ pub fn is_proxied(svc: &Service) -> bool {
 }
 
 pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> Desired {
+    let index = SliceIndex::new(slices);
     let mut out = Desired::new();
     for svc in services.iter().filter(|s| is_proxied(s)) {
         let Some(spec) = &svc.spec else { continue };
         let namespace = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
-        let own_slices = own_slices(svc, slices);
+        let own_slices = index.of(svc);
         let mut flags = 0;
         if spec.external_traffic_policy.as_deref() == Some("Local") {
             flags |= service_flags::EXTERNAL_LOCAL;
@@ -103,8 +104,8 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> D
             let Ok(svc_port) = u16::try_from(port.port) else {
                 continue;
             };
-            let backends_v4 = backends(&own_slices, &port_name, proto, "IPv4");
-            let backends_v6 = backends(&own_slices, &port_name, proto, "IPv6");
+            let backends_v4 = backends(own_slices, &port_name, proto, "IPv4");
+            let backends_v6 = backends(own_slices, &port_name, proto, "IPv6");
             let target = |ip: IpAddr, flags: u16| Target {
                 service: ServicePortName {
                     namespace: namespace.clone(),
@@ -142,8 +143,63 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> D
     out
 }
 
+/// Why part of a proxied Service is not served, for an Event on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub namespace: String,
+    pub name: String,
+    /// CamelCase, as Kubernetes event reasons are.
+    pub reason: String,
+    pub message: String,
+}
+
+/// What `desired` leaves out of proxied Services, and why: ports whose
+/// protocol the programs do not translate, and service IPs that do not
+/// parse (the API server validates them, a manifest may not).
+pub fn problems(services: &[Service]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for svc in services.iter().filter(|s| is_proxied(s)) {
+        let problem = |reason: &str, message: String| Problem {
+            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+            reason: reason.into(),
+            message,
+        };
+        for port in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
+            let proto = port.protocol.as_deref().unwrap_or("TCP");
+            if !matches!(proto.parse(), Ok(Protocol::Tcp | Protocol::Udp)) {
+                out.push(problem(
+                    "UnsupportedProtocol",
+                    format!(
+                        "port {:?} ({}/{proto}) is not served: the dataplane translates TCP and UDP only",
+                        port.name.as_deref().unwrap_or(""),
+                        port.port
+                    ),
+                ));
+            }
+        }
+        for ip in raw_service_ips(svc) {
+            if ip.parse::<IpAddr>().is_err() {
+                out.push(problem(
+                    "InvalidIP",
+                    format!("{ip:?} is not an IP address; it is not served"),
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// clusterIPs, externalIPs and load-balancer ingress IPs.
 fn service_ips(svc: &Service) -> Vec<IpAddr> {
+    let ips: BTreeSet<IpAddr> = raw_service_ips(svc)
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    ips.into_iter().collect()
+}
+
+fn raw_service_ips(svc: &Service) -> Vec<String> {
     let spec = svc.spec.as_ref();
     let cluster = spec
         .and_then(|s| s.cluster_ips.clone())
@@ -160,43 +216,70 @@ fn service_ips(svc: &Service) -> Vec<IpAddr> {
         .and_then(|lb| lb.ingress.as_ref())
         .map(|v| v.iter().filter_map(|i| i.ip.clone()).collect())
         .unwrap_or_default();
-    let ips: BTreeSet<IpAddr> = cluster
-        .iter()
-        .chain(&external)
-        .chain(&ingress)
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    ips.into_iter().collect()
+    cluster.into_iter().chain(external).chain(ingress).collect()
 }
 
-/// The slices labelled as the Service's, in its namespace.
-fn own_slices<'a>(svc: &Service, slices: &'a [EndpointSlice]) -> Vec<&'a EndpointSlice> {
-    let namespace = svc.metadata.namespace.as_deref().unwrap_or("default");
-    let name = svc.metadata.name.as_deref().unwrap_or("");
-    slices
-        .iter()
-        .filter(|s| {
-            s.metadata.namespace.as_deref().unwrap_or("default") == namespace
-                && s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    .is_some_and(|n| n == name)
-        })
-        .collect()
+/// EndpointSlices grouped by the Service they belong to (namespace and
+/// the `kubernetes.io/service-name` label), so each Service finds its own
+/// without scanning every slice.
+pub struct SliceIndex<'a> {
+    by_service: BTreeMap<(String, String), Vec<&'a EndpointSlice>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    pub fn new(slices: &'a [EndpointSlice]) -> Self {
+        let mut by_service: BTreeMap<_, Vec<_>> = BTreeMap::new();
+        for slice in slices {
+            let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
+            let service = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL));
+            if let Some(service) = service.filter(|s| !s.is_empty()) {
+                by_service
+                    .entry((namespace.to_string(), service.clone()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        Self { by_service }
+    }
+
+    /// The slices labelled as the Service's, in its namespace.
+    pub fn of(&self, svc: &Service) -> &[&'a EndpointSlice] {
+        let namespace = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let name = svc.metadata.name.as_deref().unwrap_or("");
+        self.by_service
+            .get(&(namespace.to_string(), name.to_string()))
+            .map_or(&[], |v| v.as_slice())
+    }
+}
+
+/// One endpoint's conditions, read as kube-proxy reads them: unset
+/// ready and serving mean true, unset terminating means false.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Conditions {
+    ready: bool,
+    serving: bool,
+    terminating: bool,
 }
 
 /// Ready endpoints of one service port and family; if none is ready, the
 /// serving-but-terminating ones (kube-proxy's fallback, so connections
 /// drain instead of failing during a rollout).
+///
+/// As in kube-proxy: only an endpoint's first address counts (the others
+/// are the same Pod's), ports without a number are ignored, and an address
+/// listed twice (a Pod moving between slices) keeps its non-terminating
+/// entry.
 fn backends(
     slices: &[&EndpointSlice],
     port_name: &str,
     proto: Protocol,
     address_type: &str,
 ) -> Vec<SocketAddr> {
-    let mut ready = BTreeSet::new();
-    let mut terminating = BTreeSet::new();
+    let mut seen: BTreeMap<SocketAddr, Conditions> = BTreeMap::new();
     for slice in slices.iter().filter(|s| s.address_type == address_type) {
         let Some(port) = slice.ports.iter().flatten().find(|p| {
             p.name.as_deref().unwrap_or("") == port_name
@@ -209,33 +292,49 @@ fn backends(
         }) else {
             continue;
         };
-        let Some(port) = port.port.and_then(|p| u16::try_from(p).ok()) else {
+        let Some(port) = port
+            .port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
             continue;
         };
         for ep in &slice.endpoints {
-            let c = ep.conditions.as_ref();
-            // Unset conditions mean ready and serving (API semantics).
-            let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
-            let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            for addr in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
-                let sa = SocketAddr::new(addr, port);
-                if is_ready {
-                    ready.insert(sa);
-                } else if serving && is_terminating {
-                    terminating.insert(sa);
-                }
+            let Some(addr) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            if addr.is_ipv4() != (address_type == "IPv4") {
+                continue;
             }
+            let c = ep.conditions.as_ref();
+            let conditions = Conditions {
+                ready: c.and_then(|c| c.ready).unwrap_or(true),
+                serving: c.and_then(|c| c.serving).unwrap_or(true),
+                terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+            };
+            seen.entry(SocketAddr::new(addr, port))
+                .and_modify(|kept| {
+                    if kept.terminating && !conditions.terminating {
+                        *kept = conditions;
+                    }
+                })
+                .or_insert(conditions);
         }
     }
-    if ready.is_empty() { terminating } else { ready }
-        .into_iter()
-        .collect()
+    let pick = |f: fn(&Conditions) -> bool| -> Vec<SocketAddr> {
+        seen.iter().filter(|(_, c)| f(c)).map(|(a, _)| *a).collect()
+    };
+    let ready = pick(|c| c.ready);
+    if ready.is_empty() {
+        pick(|c| c.serving && c.terminating)
+    } else {
+        ready
+    }
 }
 
 /// Ready endpoints per service port (both families), for the CLI.
-pub fn port_endpoints(svc: &Service, slices: &[EndpointSlice]) -> Vec<PortEndpoints> {
-    let own = own_slices(svc, slices);
+pub fn port_endpoints(svc: &Service, index: &SliceIndex) -> Vec<PortEndpoints> {
+    let own = index.of(svc);
     svc.spec
         .iter()
         .flat_map(|s| s.ports.iter().flatten())
@@ -247,8 +346,8 @@ pub fn port_endpoints(svc: &Service, slices: &[EndpointSlice]) -> Vec<PortEndpoi
                 .unwrap_or("TCP")
                 .parse()
                 .unwrap_or(Protocol::Tcp);
-            let mut addresses = backends(&own, &port_name, proto, "IPv4");
-            addresses.extend(backends(&own, &port_name, proto, "IPv6"));
+            let mut addresses = backends(own, &port_name, proto, "IPv4");
+            addresses.extend(backends(own, &port_name, proto, "IPv6"));
             PortEndpoints {
                 port_name,
                 addresses,
@@ -436,8 +535,75 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_are_read_as_kube_proxy_reads_them() {
+        let s = slice(json!({
+            "metadata": {"name": "web-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}, {"name": "dns", "port": 0, "protocol": "UDP"}],
+            "endpoints": [
+                // Only the first address counts.
+                {"addresses": ["10.244.1.31", "10.244.1.99"]},
+                // No address: ignored.
+                {"addresses": []},
+                // Wrong family for the slice: ignored.
+                {"addresses": ["fd00::31"]},
+                // Listed twice: the non-terminating entry wins, whichever comes first.
+                {"addresses": ["10.244.1.32"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+                {"addresses": ["10.244.1.32"], "conditions": {"ready": true}},
+                {"addresses": ["10.244.1.33"], "conditions": {"ready": true}},
+                {"addresses": ["10.244.1.33"], "conditions": {"ready": false, "terminating": true}},
+            ]
+        }));
+        let d = desired(&[web()], &[s.clone()], &Node::default());
+        let got: Vec<String> = d[&fe("10.96.0.10:80", Protocol::Tcp)]
+            .backends
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            ["10.244.1.31:8080", "10.244.1.32:8080", "10.244.1.33:8080"]
+        );
+        // Port 0 is no port.
+        assert!(d[&fe("10.96.0.10:53", Protocol::Udp)].backends.is_empty());
+
+        // Unset serving means serving: a terminating endpoint without it
+        // is still a fallback.
+        let mut t = s;
+        t.endpoints = vec![
+            serde_json::from_value(
+                json!({"addresses": ["10.244.1.34"], "conditions": {"ready": false, "terminating": true}}),
+            )
+            .unwrap(),
+        ];
+        let d = desired(&[web()], &[t], &Node::default());
+        assert_eq!(
+            d[&fe("10.96.0.10:80", Protocol::Tcp)].backends,
+            vec!["10.244.1.34:8080".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn unsupported_protocols_and_bad_ips_are_problems() {
+        let mut s = web();
+        let spec = s.spec.as_mut().unwrap();
+        spec.ports.as_mut().unwrap()[1].protocol = Some("SCTP".into());
+        spec.external_ips = Some(vec!["not-an-ip".into()]);
+        let p = problems(&[s]);
+        let reasons: Vec<&str> = p.iter().map(|p| p.reason.as_str()).collect();
+        assert_eq!(reasons, ["UnsupportedProtocol", "InvalidIP"]);
+        assert!(p[0].message.contains("53/SCTP"), "{}", p[0].message);
+        assert_eq!(
+            (p[0].namespace.as_str(), p[0].name.as_str()),
+            ("default", "web")
+        );
+        assert!(problems(&[web()]).is_empty());
+    }
+
+    #[test]
     fn port_endpoints_lists_ready_addresses_per_port() {
-        let pe = port_endpoints(&web(), &web_slices());
+        let slices = web_slices();
+        let pe = port_endpoints(&web(), &SliceIndex::new(&slices));
         assert_eq!(pe.len(), 2);
         assert_eq!(pe[0].port_name, "http");
         let got: Vec<String> = pe[0].addresses.iter().map(|a| a.to_string()).collect();

@@ -5,6 +5,9 @@
 //!
 //! Ids: each distinct backend endpoint has a backend id, each frontend a
 //! service id (the index of its counters); both are reused once freed.
+//!
+//! A frontend that cannot be written (a full map, no free id) is reported
+//! and keeps what it had; the others are still programmed.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
@@ -69,13 +72,15 @@ pub struct Reconciler {
     frontends: BTreeMap<Frontend, Programmed>,
 }
 
-/// Counts of what one `apply` changed.
+/// Counts of what one `apply` changed, and the frontends it could not
+/// program, with why.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub backends_added: usize,
     pub backends_removed: usize,
     pub frontends_set: usize,
     pub frontends_removed: usize,
+    pub failed: Vec<(Frontend, String)>,
 }
 
 impl Changes {
@@ -101,6 +106,23 @@ impl Reconciler {
         &self.frontends
     }
 
+    pub fn backend_count(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// How many entries the maps hold differently from what this
+    /// reconciler wrote: backends and frontends missing, extra or changed
+    /// (someone else wrote to the maps, or a write was lost).
+    pub fn drift(
+        &self,
+        backends: &BTreeMap<u32, SocketAddr>,
+        frontends: &BTreeMap<Frontend, Programmed>,
+    ) -> usize {
+        let believed: BTreeMap<u32, SocketAddr> =
+            self.backends.iter().map(|(a, id)| (*id, *a)).collect();
+        differing(&believed, backends) + differing(&self.frontends, frontends)
+    }
+
     pub fn apply(&mut self, desired: &Desired, maps: &mut impl Maps) -> Result<Changes> {
         let mut changes = Changes::default();
 
@@ -109,12 +131,20 @@ impl Reconciler {
             .values()
             .flat_map(|t| t.backends.iter().copied())
             .collect();
+        let mut unwritable = BTreeMap::new();
         for addr in &wanted {
             if !self.backends.contains_key(addr) {
-                let id = lowest_free(self.backends.values().copied(), 1, u32::MAX)?;
-                maps.set_backend(id, *addr)?;
-                self.backends.insert(*addr, id);
-                changes.backends_added += 1;
+                let written = lowest_free(self.backends.values().copied(), 1, u32::MAX)
+                    .and_then(|id| maps.set_backend(id, *addr).map(|()| id));
+                match written {
+                    Ok(id) => {
+                        self.backends.insert(*addr, id);
+                        changes.backends_added += 1;
+                    }
+                    Err(e) => {
+                        unwritable.insert(*addr, format!("backend {addr}: {e:#}"));
+                    }
+                }
             }
         }
 
@@ -134,14 +164,33 @@ impl Reconciler {
 
         // 3. Frontends whose slots differ are (re)written.
         for (fe, target) in desired {
-            let backend_ids: Vec<u32> = target.backends.iter().map(|a| self.backends[a]).collect();
+            let backend_ids: Result<Vec<u32>, String> = target
+                .backends
+                .iter()
+                .map(|a| {
+                    self.backends.get(a).copied().ok_or_else(|| {
+                        unwritable
+                            .get(a)
+                            .cloned()
+                            .unwrap_or_else(|| format!("backend {a} has no id"))
+                    })
+                })
+                .collect();
             let service_id = match self.frontends.get(fe) {
-                Some(p) => p.service_id,
+                Some(p) => Ok(p.service_id),
                 None => lowest_free(
                     self.frontends.values().map(|p| p.service_id),
                     0,
                     MAX_SERVICES - 1,
-                )?,
+                )
+                .map_err(|e| format!("no free service id: {e:#}")),
+            };
+            let (backend_ids, service_id) = match (backend_ids, service_id) {
+                (Ok(b), Ok(s)) => (b, s),
+                (Err(e), _) | (_, Err(e)) => {
+                    changes.failed.push((*fe, e));
+                    continue;
+                }
             };
             let want = Programmed {
                 service_id,
@@ -149,17 +198,28 @@ impl Reconciler {
                 backend_ids,
             };
             if self.frontends.get(fe) != Some(&want) {
-                maps.set_service(fe, want.service_id, want.settings, &want.backend_ids)?;
+                if let Err(e) =
+                    maps.set_service(fe, want.service_id, want.settings, &want.backend_ids)
+                {
+                    changes.failed.push((*fe, format!("{e:#}")));
+                    continue;
+                }
                 self.frontends.insert(*fe, want);
                 changes.frontends_set += 1;
             }
         }
 
-        // 4. Backends nothing points at any more go last.
+        // 4. Backends nothing points at any more go last (a frontend that
+        //    failed above still points at its old ones: they stay).
+        let in_use: BTreeSet<u32> = self
+            .frontends
+            .values()
+            .flat_map(|p| p.backend_ids.iter().copied())
+            .collect();
         let unused: Vec<(SocketAddr, u32)> = self
             .backends
             .iter()
-            .filter(|(addr, _)| !wanted.contains(addr))
+            .filter(|(addr, id)| !wanted.contains(addr) && !in_use.contains(id))
             .map(|(a, id)| (*a, *id))
             .collect();
         for (addr, id) in unused {
@@ -169,6 +229,13 @@ impl Reconciler {
         }
         Ok(changes)
     }
+}
+
+/// How many keys are missing from, extra in, or valued differently in `b`.
+fn differing<K: Ord, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> usize {
+    let changed_or_missing = a.iter().filter(|(k, v)| b.get(k) != Some(v)).count();
+    let extra = b.keys().filter(|k| !a.contains_key(k)).count();
+    changed_or_missing + extra
 }
 
 /// The lowest id in `min..=max` not in `used`.
@@ -202,10 +269,15 @@ mod tests {
         ops: Vec<String>,
         backends: BTreeMap<u32, SocketAddr>,
         services: BTreeMap<Frontend, Vec<u32>>,
+        /// Writes of this backend fail, as into a full map.
+        refuse: Option<SocketAddr>,
     }
 
     impl Maps for FakeMaps {
         fn set_backend(&mut self, id: u32, addr: SocketAddr) -> Result<()> {
+            if self.refuse == Some(addr) {
+                bail!("map full");
+            }
             self.ops.push(format!("+backend {id} {addr}"));
             self.backends.insert(id, addr);
             Ok(())
@@ -351,6 +423,71 @@ mod tests {
         assert!(r.apply(&d, &mut m).unwrap().is_empty());
         r.apply(&desired(&[]), &mut m).unwrap();
         assert_eq!(m.ops, ["-service 10.96.0.10:80", "-backend 1"]);
+    }
+
+    #[test]
+    fn a_frontend_that_cannot_be_written_keeps_its_backends_and_the_rest_proceeds() {
+        let mut r = Reconciler::default();
+        let mut m = FakeMaps::default();
+        r.apply(&desired(&[("10.96.0.10:80", &["10.244.1.21:80"])]), &mut m)
+            .unwrap();
+        m.refuse = Some("10.244.1.22:80".parse().unwrap());
+        m.ops.clear();
+        // .10 moves to a backend that cannot be written; .11 is new.
+        let c = r
+            .apply(
+                &desired(&[
+                    ("10.96.0.10:80", &["10.244.1.22:80"]),
+                    ("10.96.0.11:80", &["10.244.1.23:80"]),
+                ]),
+                &mut m,
+            )
+            .unwrap();
+        assert_eq!(c.failed.len(), 1);
+        assert_eq!(c.failed[0].0, fe("10.96.0.10:80"));
+        assert!(c.failed[0].1.contains("map full"), "{}", c.failed[0].1);
+        // .10 still points at its old backend, which was not deleted.
+        assert_eq!(m.services[&fe("10.96.0.10:80")], vec![1]);
+        assert!(m.backends.contains_key(&1));
+        assert_eq!(
+            m.ops,
+            ["+backend 2 10.244.1.23:80", "+service 10.96.0.11:80 #1 [2]"]
+        );
+        // Once the write succeeds, it converges and the old one goes.
+        m.refuse = None;
+        let c = r
+            .apply(
+                &desired(&[
+                    ("10.96.0.10:80", &["10.244.1.22:80"]),
+                    ("10.96.0.11:80", &["10.244.1.23:80"]),
+                ]),
+                &mut m,
+            )
+            .unwrap();
+        assert!(c.failed.is_empty());
+        assert_eq!(m.services[&fe("10.96.0.10:80")], vec![3]);
+        assert!(!m.backends.contains_key(&1));
+    }
+
+    #[test]
+    fn drift_counts_entries_that_differ_from_what_was_written() {
+        let mut r = Reconciler::default();
+        let mut m = FakeMaps::default();
+        r.apply(
+            &desired(&[
+                ("10.96.0.10:80", &["10.244.1.21:80"]),
+                ("10.96.0.11:80", &["10.244.1.21:80"]),
+            ]),
+            &mut m,
+        )
+        .unwrap();
+        let mut backends = m.backends.clone();
+        let mut frontends = r.frontends().clone();
+        assert_eq!(r.drift(&backends, &frontends), 0);
+        backends.insert(9, "10.244.1.99:80".parse().unwrap()); // extra
+        frontends.remove(&fe("10.96.0.10:80")); // missing
+        frontends.get_mut(&fe("10.96.0.11:80")).unwrap().backend_ids = vec![]; // changed
+        assert_eq!(r.drift(&backends, &frontends), 3);
     }
 
     #[test]
