@@ -30,7 +30,7 @@ struct Cli {
 enum Command {
     /// Load and attach the dataplane, and serve the Services of the
     /// Kubernetes API (or of a manifests directory).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Display services, as `kubectl get` does.
     Get {
         #[arg(value_parser = ["services", "service", "svc"])]
@@ -168,7 +168,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Get {
             namespace,
             all_namespaces,

@@ -554,7 +554,7 @@ mod tests {
                 {"addresses": ["10.244.1.33"], "conditions": {"ready": false, "terminating": true}},
             ]
         }));
-        let d = desired(&[web()], &[s.clone()], &Node::default());
+        let d = desired(&[web()], std::slice::from_ref(&s), &Node::default());
         let got: Vec<String> = d[&fe("10.96.0.10:80", Protocol::Tcp)]
             .backends
             .iter()

@@ -1,7 +1,12 @@
 //! A one-node cluster in the sandbox: the real `svc-agent` binary running
-//! in the node namespace on a manifests directory, and a stand-in kubelet
-//! that starts pods (namespaces running the pod server) and writes their
-//! Pod objects, status included, where the agent reads them.
+//! in the node namespace, and a stand-in kubelet that starts pods
+//! (namespaces running the pod server).
+//!
+//! The agent's source is either a manifests directory, where the kubelet
+//! stand-in writes Pod objects (status included), or, with
+//! [`Cluster::with_api_server`], the Kubernetes API server stand-in, which
+//! the agent reaches through a kubeconfig and its normal kube client, and
+//! where tests write Services, EndpointSlices and the Node.
 //!
 //! Everything lives under `/run/svc-sandbox/<node namespace>/`: manifests,
 //! agent state, the socket, and a bpffs mounted for this cluster's pins
@@ -19,16 +24,25 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 
 use crate::{
+    apiserver_standin::ApiServerStandIn,
     netns::{self, sh},
     sandbox::{Pod, Sandbox, UPLINK},
 };
 
+/// The Node object's name, as the kubelet stand-in puts it in Pods.
+pub const NODE_NAME: &str = "node-1";
+
 pub const SERVICE_CIDRS: &str = "10.96.0.0/16,fd00:96::/112";
 pub const NODE_IPS: &str = "192.0.2.1,2001:db8::1";
+/// The agent's `--sync-period` with an API server: short, so drift repair
+/// and health staleness are observable within a test.
+pub const SYNC_PERIOD: Duration = Duration::from_millis(1500);
 
 pub struct Cluster {
     pub sb: Sandbox,
     pub dir: PathBuf,
+    /// The API server the agent watches, when it watches one.
+    pub api: Option<ApiServerStandIn>,
     agent: Option<Child>,
     mount_cleanup: u32,
 }
@@ -68,9 +82,36 @@ impl Cluster {
         Ok(Self {
             sb,
             dir,
+            api: None,
             agent: None,
             mount_cleanup,
         })
+    }
+
+    /// Like `new`, with an API server stand-in in the node namespace for
+    /// the agent to watch, holding this node's Node object (its addresses
+    /// are the node's, so NodePorts answer there).
+    pub fn with_api_server(tag: &str) -> Result<Self> {
+        let mut c = Self::new(tag)?;
+        let api = ApiServerStandIn::start(&c.sb.node)?;
+        api.write_kubeconfig(&c.dir.join("kubeconfig"))?;
+        let ips: Vec<&str> = NODE_IPS.split(',').collect();
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+            "metadata": {"name": NODE_NAME, "labels": {"kubernetes.io/hostname": NODE_NAME}},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": ips[0]},
+                {"type": "InternalIP", "address": ips[1]},
+                {"type": "Hostname", "address": NODE_NAME}
+            ]}
+        }))?;
+        api.apply(&node)?;
+        c.api = Some(api);
+        Ok(c)
+    }
+
+    /// The API server stand-in (panics without one: a test bug).
+    pub fn api(&self) -> &ApiServerStandIn {
+        self.api.as_ref().expect("a cluster made with_api_server")
     }
 
     pub fn manifests(&self) -> PathBuf {
@@ -91,15 +132,28 @@ impl Cluster {
         if self.agent.is_some() {
             bail!("the agent already runs");
         }
-        let log = std::fs::File::create(self.dir.join("agent.log"))?;
-        let child = self
-            .sb
-            .node
-            .command(agent_binary()?.to_str().unwrap())
-            .args(["run", "--manifests"])
-            .arg(self.manifests())
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))?;
+        let mut cmd = self.sb.node.command(agent_binary()?.to_str().unwrap());
+        cmd.arg("run");
+        if self.api.is_some() {
+            // NodePort addresses come from the Node object.
+            cmd.arg("--kubeconfig")
+                .arg(self.dir.join("kubeconfig"))
+                .args(["--hostname-override", NODE_NAME])
+                .args(["--sync-period", &format!("{}ms", SYNC_PERIOD.as_millis())]);
+        } else {
+            cmd.arg("--manifests").arg(self.manifests()).args([
+                "--service-cidr",
+                SERVICE_CIDRS,
+                "--node-ip",
+                NODE_IPS,
+            ]);
+        }
+        let child = cmd
             .args(["--uplinks", UPLINK, "--pod-interfaces", "vpod*"])
-            .args(["--service-cidr", SERVICE_CIDRS, "--node-ip", NODE_IPS])
             .arg("--state-dir")
             .arg(self.dir.join("state"))
             .arg("--socket")
@@ -152,6 +206,61 @@ impl Cluster {
     pub fn remove(&self, file: &str) -> Result<()> {
         std::fs::remove_file(self.manifests().join(file))?;
         Ok(())
+    }
+
+    /// Starts pod `name` (number `n`, see `Sandbox::add_pod`) serving
+    /// `ports`, without publishing anything: with an API server, the test
+    /// publishes the EndpointSlices itself.
+    pub fn start_pod(&mut self, name: &str, n: u8, ports: &[u16]) -> Result<&Pod> {
+        let pod = self.sb.add_pod(name, n)?;
+        pod.serve_ports(ports)?;
+        Ok(self.sb.pod(name))
+    }
+
+    /// GETs `http://127.0.0.1:{port}{path}` from the node namespace (the
+    /// agent's health and metrics listeners): status code and body.
+    pub fn node_get(&self, port: u16, path: &str) -> Result<(u16, String)> {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let out = self.sb.node.run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ])?;
+        let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+        Ok((
+            code.parse().context("curl's status code")?,
+            body.to_string(),
+        ))
+    }
+
+    /// The frontends in the agent's pinned maps, as "addr/PROTO" → sorted
+    /// backends ("ip:port"), read from outside the agent.
+    pub fn frontends(&self) -> Result<BTreeMap<String, Vec<String>>> {
+        let pins = svc_agent::dataplane::Pins {
+            dir: self.bpffs().join("svc-agent"),
+        };
+        let (backends, frontends) = svc_agent::dataplane::dump_pinned(&pins)?;
+        Ok(frontends
+            .into_iter()
+            .map(|(fe, p)| {
+                let mut bs: Vec<String> = p
+                    .backend_ids
+                    .iter()
+                    .map(|id| {
+                        backends
+                            .get(id)
+                            .map_or(format!("#{id}?"), |a| a.to_string())
+                    })
+                    .collect();
+                bs.sort();
+                let proto = format!("{:?}", fe.proto).to_uppercase();
+                (format!("{}/{proto}", fe.addr), bs)
+            })
+            .collect())
     }
 
     /// The kubelet's part: starts pod `name` (number `n`, see
@@ -258,6 +367,8 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Before the namespace goes: the stand-in's sockets live in it.
+        self.api = None;
         if let Ok(bin) = agent_binary() {
             let _ = Command::new(bin)
                 .arg("cleanup")

@@ -7,7 +7,9 @@
 //! Ctrl-C/SIGTERM. Veths are created directly inside their namespaces, so
 //! the root namespace never holds one, never routes a packet of ours, and
 //! no program is attached to any of its interfaces.
+pub mod apiserver_standin;
 pub mod cluster;
+pub mod load;
 pub mod netns;
 pub mod packet;
 pub mod progtest;

@@ -1,18 +1,10 @@
 //! End to end with the real agent: Services, Pods and EndpointSlices as
 //! manifests, the agent process in the node namespace, real clients.
-use std::{
-    collections::BTreeSet,
-    net::IpAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use tests::{
     cluster::Cluster,
+    load::{Load, assert_no_failures},
     netns::NetNs,
     sandbox::{http_get, udp_ask, udp_ask_from},
 };
@@ -141,96 +133,6 @@ fn clusterip_nodeport_multiport_named_target_port_and_dual_stack() {
     assert!(describe.contains("10.244.1.21:8080"), "{describe}");
 }
 
-/// Requests in a loop from a background thread, counting failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<Result<String, String>>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(c: &Cluster, ip: IpAddr, port: u16) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let ns_name = c.pod("client").ns.name().to_string();
-        let thread = {
-            let (stop, seen) = (stop.clone(), seen.clone());
-            std::thread::spawn(move || {
-                // Bounded: at most 2000 requests.
-                for _ in 0..2000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let out = std::process::Command::new("ip")
-                        .args(["netns", "exec", &ns_name, "curl", "-sS", "--max-time", "3"])
-                        .arg(tests::sandbox::url(ip, port))
-                        .output();
-                    let r = match out {
-                        Ok(o) if o.status.success() => {
-                            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-                        }
-                        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    seen.lock().unwrap().push(r);
-                }
-            })
-        };
-        Self {
-            stop,
-            seen,
-            thread: Some(thread),
-        }
-    }
-
-    /// Answers since the last call.
-    fn take(&self) -> Vec<Result<String, String>> {
-        std::mem::take(&mut *self.seen.lock().unwrap())
-    }
-
-    /// Waits until a request succeeds with an answer in `want` only (and
-    /// asserts nothing failed meanwhile).
-    fn wait_until_only(&self, c: &Cluster, want: &[&str], log: &mut Vec<Result<String, String>>) {
-        let start = log.len();
-        let waited = c.wait_for(
-            &format!("only {want:?} to answer"),
-            Duration::from_secs(15),
-            || {
-                log.extend(self.take());
-                // Four fresh answers in a row, all from `want`.
-                log.len() >= start + 4
-                    && log[log.len() - 4..]
-                        .iter()
-                        .all(|r| r.as_ref().is_ok_and(|n| want.contains(&n.as_str())))
-            },
-        );
-        if let Err(e) = waited {
-            panic!(
-                "{e:#}\nlast answers: {:?}",
-                &log[log.len().saturating_sub(4)..]
-            );
-        }
-    }
-
-    fn finish(mut self) -> Vec<Result<String, String>> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
-        self.take()
-    }
-}
-
-fn assert_no_failures(log: &[Result<String, String>]) {
-    let failed: Vec<_> = log.iter().filter(|r| r.is_err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        log.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert!(log.len() > 10, "too few requests to tell: {}", log.len());
-}
-
 #[test]
 fn scaling_endpoints_under_load_fails_no_request() {
     let mut c = Cluster::new("agent-scale").unwrap();
@@ -245,7 +147,7 @@ fn scaling_endpoints_under_load_fails_no_request() {
     c.write("web.yaml", WEB).unwrap();
     c.wait_for_service(&["web", "10.244.1.21:8080"]).unwrap();
     let ip = service_ips(&c, "web")[0];
-    let load = Load::start(&c, ip, 80);
+    let load = Load::start(&c.pod("client").ns, ip, 80);
     let mut log = Vec::new();
     load.wait_until_only(&c, &["web-a"], &mut log);
 
@@ -354,7 +256,7 @@ fn agent_restart_under_traffic_fails_no_request_and_cleanup_removes_everything()
     let mut c = web_cluster("agent-restart");
     let ips = service_ips(&c, "web");
     let ip = ips[0];
-    let load = Load::start(&c, ip, 80);
+    let load = Load::start(&c.pod("client").ns, ip, 80);
     let mut log = Vec::new();
     load.wait_until_only(&c, &["web-a", "web-b"], &mut log);
     // One UDP flow (fixed source port): it must stay on its backend
