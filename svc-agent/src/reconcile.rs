@@ -132,9 +132,11 @@ impl Reconciler {
             .flat_map(|t| t.backends.iter().copied())
             .collect();
         let mut unwritable = BTreeMap::new();
+        let mut free_backend_ids = FreeIds::new(self.backends.values().copied(), 1, u32::MAX);
         for addr in &wanted {
             if !self.backends.contains_key(addr) {
-                let written = lowest_free(self.backends.values().copied(), 1, u32::MAX)
+                let written = free_backend_ids
+                    .take()
                     .and_then(|id| maps.set_backend(id, *addr).map(|()| id));
                 match written {
                     Ok(id) => {
@@ -163,6 +165,11 @@ impl Reconciler {
         }
 
         // 3. Frontends whose slots differ are (re)written.
+        let mut free_service_ids = FreeIds::new(
+            self.frontends.values().map(|p| p.service_id),
+            0,
+            MAX_SERVICES - 1,
+        );
         for (fe, target) in desired {
             let backend_ids: Result<Vec<u32>, String> = target
                 .backends
@@ -176,21 +183,24 @@ impl Reconciler {
                     })
                 })
                 .collect();
-            let service_id = match self.frontends.get(fe) {
-                Some(p) => Ok(p.service_id),
-                None => lowest_free(
-                    self.frontends.values().map(|p| p.service_id),
-                    0,
-                    MAX_SERVICES - 1,
-                )
-                .map_err(|e| format!("no free service id: {e:#}")),
-            };
-            let (backend_ids, service_id) = match (backend_ids, service_id) {
-                (Ok(b), Ok(s)) => (b, s),
-                (Err(e), _) | (_, Err(e)) => {
+            let backend_ids = match backend_ids {
+                Ok(ids) => ids,
+                Err(e) => {
                     changes.failed.push((*fe, e));
                     continue;
                 }
+            };
+            let service_id = match self.frontends.get(fe) {
+                Some(p) => p.service_id,
+                None => match free_service_ids.take() {
+                    Ok(id) => id,
+                    Err(e) => {
+                        changes
+                            .failed
+                            .push((*fe, format!("no free service id: {e:#}")));
+                        continue;
+                    }
+                },
             };
             let want = Programmed {
                 service_id,
@@ -238,20 +248,35 @@ fn differing<K: Ord, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> us
     changed_or_missing + extra
 }
 
-/// The lowest id in `min..=max` not in `used`.
-fn lowest_free(used: impl Iterator<Item = u32>, min: u32, max: u32) -> Result<u32> {
-    let used: BTreeSet<u32> = used.collect();
-    let mut candidate = min;
-    for id in used.range(min..) {
-        if *id != candidate {
-            break;
+/// Hands out the lowest unused ids in `min..=max`, in increasing order.
+/// Within one `apply` ids are only taken (frees happen before or after),
+/// so a cursor that never moves back finds each one: programming n new
+/// services costs O(n log n), not O(n²).
+struct FreeIds {
+    used: BTreeSet<u32>,
+    next: u32,
+    max: u32,
+}
+
+impl FreeIds {
+    fn new(used: impl Iterator<Item = u32>, min: u32, max: u32) -> Self {
+        Self {
+            used: used.collect(),
+            next: min,
+            max,
         }
-        candidate += 1;
     }
-    if candidate > max {
-        bail!("all ids in {min}..={max} are in use");
+
+    fn take(&mut self) -> Result<u32> {
+        while self.used.contains(&self.next) && self.next < self.max {
+            self.next += 1;
+        }
+        if self.used.contains(&self.next) {
+            bail!("all ids up to {} are in use", self.max);
+        }
+        self.used.insert(self.next);
+        Ok(self.next)
     }
-    Ok(candidate)
 }
 
 #[cfg(test)]
@@ -451,7 +476,8 @@ mod tests {
         assert!(m.backends.contains_key(&1));
         assert_eq!(
             m.ops,
-            ["+backend 2 10.244.1.23:80", "+service 10.96.0.11:80 #1 [2]"]
+            // (id 2 went to the failed write, and is free again next time)
+            ["+backend 3 10.244.1.23:80", "+service 10.96.0.11:80 #1 [3]"]
         );
         // Once the write succeeds, it converges and the old one goes.
         m.refuse = None;
@@ -465,7 +491,7 @@ mod tests {
             )
             .unwrap();
         assert!(c.failed.is_empty());
-        assert_eq!(m.services[&fe("10.96.0.10:80")], vec![3]);
+        assert_eq!(m.services[&fe("10.96.0.10:80")], vec![2]);
         assert!(!m.backends.contains_key(&1));
     }
 
@@ -491,9 +517,18 @@ mod tests {
     }
 
     #[test]
-    fn lowest_free_fills_gaps() {
-        assert_eq!(lowest_free([1, 2, 4].into_iter(), 1, 10).unwrap(), 3);
-        assert_eq!(lowest_free([].into_iter(), 0, 10).unwrap(), 0);
-        assert!(lowest_free([0, 1].into_iter(), 0, 1).is_err());
+    fn free_ids_fill_gaps_lowest_first() {
+        let mut ids = FreeIds::new([1, 2, 4].into_iter(), 1, 10);
+        let taken: Vec<u32> = (0..3).map(|_| ids.take().unwrap()).collect();
+        assert_eq!(taken, [3, 5, 6]);
+        assert_eq!(FreeIds::new([].into_iter(), 0, 10).take().unwrap(), 0);
+        let mut full = FreeIds::new([0].into_iter(), 0, 1);
+        assert_eq!(full.take().unwrap(), 1);
+        assert!(full.take().is_err());
+        assert!(
+            FreeIds::new([u32::MAX].into_iter(), u32::MAX, u32::MAX)
+                .take()
+                .is_err()
+        );
     }
 }

@@ -1,9 +1,12 @@
 //! `cargo xtask demo`: the examples of the Kubernetes Service article
 //! (`examples/`) served by the real agent in a sandbox node, and real
-//! requests showing which pod answers each one.
-use std::{collections::BTreeMap, net::IpAddr, path::Path};
+//! requests showing which pod answers each one; then the same agent in
+//! Kubernetes mode, watching an API server.
+use std::{collections::BTreeMap, net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use serde_json::json;
 use svc_agent::manifests;
 use tests::{
     cluster::Cluster,
@@ -92,6 +95,80 @@ fn main() -> Result<()> {
         true,
     )?;
     println!("\n(the outside host is {EXTERNAL_V4}; the node is 192.0.2.1)");
+    drop(cluster);
+
+    kubernetes_mode(&objects.services)
+}
+
+/// The production path: the agent watching an API server through kube-rs
+/// (here the tests' stand-in, speaking the real protocol over TLS), with
+/// the first example Service and the EndpointSlice the controller would
+/// write for its two pods.
+fn kubernetes_mode(services: &[Service]) -> Result<()> {
+    println!(
+        "\n== the same agent in Kubernetes mode: watching an API server (kubeconfig, TLS, watches)"
+    );
+    let mut cluster = Cluster::with_api_server("demo-k8s")?;
+    for (name, n) in [("nginx", 21), ("nginx-2", 22)] {
+        cluster.start_pod(name, n, &[80])?;
+    }
+    cluster.start_agent()?;
+    let mut svc = services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("first-service"))
+        .context("examples/first-service.yaml has no first-service")?
+        .clone();
+    svc.metadata.namespace = Some("default".into());
+    // What the API server's allocator would have written.
+    let spec = svc.spec.get_or_insert_default();
+    spec.cluster_ip = Some("10.96.0.80".into());
+    spec.cluster_ips = Some(vec!["10.96.0.80".into()]);
+    let api = cluster.api();
+    api.apply(&svc)?;
+    let slice = |pods: &[(&str, u8)]| -> Result<EndpointSlice> {
+        let endpoints: Vec<_> = pods
+            .iter()
+            .map(|(name, n)| {
+                json!({"addresses": [format!("10.244.1.{n}")], "conditions": {"ready": true},
+                       "targetRef": {"kind": "Pod", "namespace": "default", "name": name}})
+            })
+            .collect();
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": "first-service-x1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "first-service"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "service-port", "port": 80, "protocol": "TCP"}],
+            "endpoints": endpoints
+        }))?)
+    };
+    api.apply(&slice(&[("nginx", 21), ("nginx-2", 22)])?)?;
+    println!(
+        "   kubectl apply: Service first-service (clusterIP 10.96.0.80), EndpointSlice: nginx, nginx-2"
+    );
+    cluster.wait_for_service(&["first-service", "10.96.0.80"])?;
+    let ip: IpAddr = "10.96.0.80".parse()?;
+    cluster.wait_for("first-service to answer", Duration::from_secs(10), || {
+        http_get(&cluster.pod("client").ns, ip, 80).is_ok()
+    })?;
+    ask(&cluster, "first-service", ip, 80, false)?;
+
+    api.apply(&slice(&[("nginx-2", 22)])?)?;
+    println!("   the EndpointSlice controller drops nginx (scaled down)");
+    cluster.wait_for("nginx to leave", Duration::from_secs(10), || {
+        (0..4).all(|_| http_get(&cluster.pod("client").ns, ip, 80).is_ok_and(|a| a == "nginx-2"))
+    })?;
+    ask(&cluster, "first-service", ip, 80, false)?;
+
+    println!("\n$ curl http://127.0.0.1:10256/healthz   (kube-proxy's health contract)");
+    println!("   {}", cluster.node_get(10256, "/healthz")?.1);
+    println!("$ curl http://127.0.0.1:10249/metrics | grep first-service");
+    let (_, metrics) = cluster.node_get(10249, "/metrics")?;
+    for line in metrics
+        .lines()
+        .filter(|l| l.contains("first-service") && l.contains("packets"))
+    {
+        println!("   {line}");
+    }
     Ok(())
 }
 
