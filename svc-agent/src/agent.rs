@@ -8,7 +8,8 @@
 //! agent adopts the pins and reconciles from what the maps hold.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::RangeInclusive,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -20,7 +21,7 @@ use log::{info, warn};
 
 use crate::{
     api::{self, Snapshot},
-    apiserver::ServiceNetwork,
+    apiserver::{Cidr, ServiceNetwork},
     cluster::{self, ClusterSource},
     dataplane::{Dataplane, Pins},
     health::Health,
@@ -35,6 +36,14 @@ use crate::{
 
 pub struct Config {
     pub source: SourceConfig,
+    /// This node's name: endpoints elsewhere are remote, and the Node
+    /// object of that name is watched. Empty: every endpoint is local.
+    pub node_name: String,
+    /// NodePorts answer on the node's addresses within these (empty: the
+    /// node's own addresses, see `node_ips`).
+    pub nodeport_addresses: Vec<Cidr>,
+    /// Source ports for traffic from outside SNATed to the node.
+    pub snat_ports: RangeInclusive<u16>,
     pub uplinks: Vec<String>,
     /// Interface names or globs (`veth*`).
     pub pod_interfaces: Vec<String>,
@@ -63,7 +72,6 @@ pub enum SourceConfig {
     Cluster {
         /// None: in-cluster configuration.
         kubeconfig: Option<PathBuf>,
-        node_name: String,
     },
 }
 
@@ -159,13 +167,14 @@ pub async fn run(cfg: Config) -> Result<()> {
             &cfg.state_dir,
             changed_tx,
         )?),
-        SourceConfig::Cluster {
-            kubeconfig,
-            node_name,
-        } => {
+        SourceConfig::Cluster { kubeconfig } => {
             let client = cluster::client(kubeconfig.as_deref()).await?;
-            info!("watching the API server as node {node_name}");
-            Source::Cluster(ClusterSource::start(client, node_name.clone(), changed_tx))
+            info!("watching the API server as node {}", cfg.node_name);
+            Source::Cluster(ClusterSource::start(
+                client,
+                cfg.node_name.clone(),
+                changed_tx,
+            ))
         }
     };
     let mut state = State {
@@ -176,6 +185,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         last_problems: BTreeMap::new(),
         counters: Counters::default(),
         health,
+        snat: None,
     };
 
     let mut interfaces = Interfaces::default();
@@ -264,6 +274,8 @@ struct State {
     last_problems: BTreeMap<String, BTreeSet<(String, String)>>,
     counters: Counters,
     health: HealthHandle,
+    /// The SNAT addresses last written.
+    snat: Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)>,
 }
 
 impl State {
@@ -275,8 +287,11 @@ impl State {
         }
         let started = Instant::now();
         let inputs = self.source.read();
+        let own_ips = node_ips(cfg, inputs.node.as_ref());
+        self.set_snat(cfg, &own_ips, dp);
         let node = Node {
-            ips: node_ips(cfg, inputs.node.as_ref()),
+            name: cfg.node_name.clone(),
+            ips: node_port_ips(cfg, own_ips),
         };
         let desired = model::desired(&inputs.services, &inputs.slices, &node);
         let mut problems = inputs.problems;
@@ -331,6 +346,32 @@ impl State {
         self.report(problems);
         self.publish(&inputs.services, &inputs.slices, snapshot);
         ok
+    }
+
+    /// Points SNAT at the node's first address of each family (when they
+    /// change), so flows from outside to other nodes' backends come back.
+    fn set_snat(&mut self, cfg: &Config, own_ips: &[IpAddr], dp: &mut Dataplane) {
+        let v4 = own_ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        });
+        let v6 = own_ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        });
+        if self.snat == Some((v4, v6)) {
+            return;
+        }
+        match dp.set_snat(v4, v6, cfg.snat_ports.clone()) {
+            Ok(()) => {
+                info!(
+                    "SNAT for remote backends: {v4:?} {v6:?}, ports {:?}",
+                    cfg.snat_ports
+                );
+                self.snat = Some((v4, v6));
+            }
+            Err(e) => warn!("setting the SNAT addresses: {e:#}"),
+        }
     }
 
     /// Compares the maps with what was programmed; on a difference (an
@@ -521,7 +562,24 @@ impl State {
     }
 }
 
-/// The addresses NodePorts answer on: `--node-ip`, else the Node object's
+/// The addresses NodePorts answer on: with `--nodeport-addresses`, every
+/// local address within those CIDRs (kube-proxy's filter); else the node's
+/// own addresses.
+fn node_port_ips(cfg: &Config, own: Vec<IpAddr>) -> Vec<IpAddr> {
+    if cfg.nodeport_addresses.is_empty() {
+        return own;
+    }
+    let names: Vec<String> = netif::list().into_keys().collect();
+    let mut ips: Vec<IpAddr> = netif::addresses(&names)
+        .into_iter()
+        .filter(|ip| cfg.nodeport_addresses.iter().any(|c| c.contains(ip)))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// The node's own addresses: `--node-ip`, else the Node object's
 /// InternalIP and ExternalIP addresses, else the uplinks' addresses.
 fn node_ips(cfg: &Config, node: Option<&k8s_openapi::api::core::v1::Node>) -> Vec<IpAddr> {
     if !cfg.node_ips.is_empty() {

@@ -3,15 +3,16 @@
 //! daemon, the tests and the benchmarks all program the dataplane the same
 //! way.
 use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::RangeInclusive,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key as LpmKey},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -21,14 +22,15 @@ use aya::{
 };
 use svc_common::{
     AFFINITY_MAP, BACKENDS_MAP, Backend, CONNTRACK_MAP, DROP_STATS_MAP, DropReason, MAX_SERVICES,
-    PROTO_SCTP, PROTO_TCP, PROTO_UDP, SERVICE_STATS_MAP, SERVICES_MAP, ServiceKey, ServiceStats,
-    ServiceValue, TC_PROGRAM, VIRTUAL_UPLINKS_MAP, XDP_PROGRAM,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, SERVICE_STATS_MAP, SERVICES_MAP, SNAT_CONFIG_MAP,
+    SOURCE_RANGES_MAP, ServiceKey, ServiceStats, ServiceValue, SnatConfig, SourceRangeKey,
+    TC_PROGRAM, VIRTUAL_UPLINKS_MAP, XDP_FORWARD_MAP, XDP_PROGRAM, backend_flags,
 };
 
 use crate::reconcile::Programmed;
 
 /// Every map, for pinning.
-const MAPS: [&str; 7] = [
+const MAPS: [&str; 10] = [
     AFFINITY_MAP,
     SERVICES_MAP,
     BACKENDS_MAP,
@@ -36,6 +38,9 @@ const MAPS: [&str; 7] = [
     SERVICE_STATS_MAP,
     DROP_STATS_MAP,
     VIRTUAL_UPLINKS_MAP,
+    SNAT_CONFIG_MAP,
+    SOURCE_RANGES_MAP,
+    XDP_FORWARD_MAP,
 ];
 
 /// The eBPF object built by build.rs from `svc-ebpf`.
@@ -126,13 +131,54 @@ pub fn unmap_addr(addr: [u8; 16]) -> IpAddr {
     }
 }
 
+/// A backend: an endpoint's address and target port, and whether it runs
+/// on this node (traffic from outside to a backend elsewhere is SNATed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub local: bool,
+}
+
+/// A bare address is a local endpoint (a single node's view).
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Self {
+        Self { addr, local: true }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// A client prefix allowed by `loadBalancerSourceRanges`: address and
+/// prefix length, the address masked to it.
+pub type SourceRange = (IpAddr, u8);
+
 /// A backend as the maps store it.
-pub fn backend_value(addr: SocketAddr) -> Backend {
+fn backend_value(ep: Endpoint) -> Backend {
     Backend {
-        addr: map_addr(addr.ip()),
-        port: addr.port().to_be(),
+        addr: map_addr(ep.addr.ip()),
+        port: ep.addr.port().to_be(),
+        flags: if ep.local { backend_flags::LOCAL } else { 0 },
         ..Backend::default()
     }
+}
+
+/// The LPM trie key of one source range of one frontend.
+fn source_range_key(service_id: u32, range: SourceRange) -> LpmKey<SourceRangeKey> {
+    let bits = match range.0 {
+        IpAddr::V4(_) => 96 + u32::from(range.1),
+        IpAddr::V6(_) => u32::from(range.1),
+    };
+    LpmKey::new(
+        32 + bits,
+        SourceRangeKey {
+            service_id: service_id.to_be_bytes(),
+            addr: map_addr(range.0),
+        },
+    )
 }
 
 pub struct Dataplane {
@@ -142,6 +188,9 @@ pub struct Dataplane {
     service_stats: PerCpuArray<MapData, ServiceStats>,
     drop_stats: PerCpuArray<MapData, u64>,
     virtual_uplinks: HashMap<MapData, u32, u32>,
+    snat_config: Array<MapData, SnatConfig>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    xdp_forward: HashMap<MapData, u32, u32>,
 }
 
 impl Dataplane {
@@ -179,6 +228,9 @@ impl Dataplane {
             service_stats: PerCpuArray::try_from(take_map(&mut ebpf, SERVICE_STATS_MAP)?)?,
             drop_stats: PerCpuArray::try_from(take_map(&mut ebpf, DROP_STATS_MAP)?)?,
             virtual_uplinks: HashMap::try_from(take_map(&mut ebpf, VIRTUAL_UPLINKS_MAP)?)?,
+            snat_config: Array::try_from(take_map(&mut ebpf, SNAT_CONFIG_MAP)?)?,
+            source_ranges: LpmTrie::try_from(take_map(&mut ebpf, SOURCE_RANGES_MAP)?)?,
+            xdp_forward: HashMap::try_from(take_map(&mut ebpf, XDP_FORWARD_MAP)?)?,
             ebpf,
         })
     }
@@ -277,12 +329,59 @@ impl Dataplane {
         &mut self.ebpf
     }
 
+    /// Whether XDP may send translated packets out of interface `index`
+    /// itself (after a FIB lookup) rather than through the stack.
+    pub fn set_xdp_forward(&mut self, index: u32, on: bool) -> Result<()> {
+        if on {
+            self.xdp_forward.insert(&index, &1, 0)?;
+            Ok(())
+        } else {
+            ignore_missing(self.xdp_forward.remove(&index))
+        }
+    }
+
+    /// The node addresses that traffic from outside to a backend on
+    /// another node is SNATed to, and the pool of source ports.
+    pub fn set_snat(
+        &mut self,
+        v4: Option<Ipv4Addr>,
+        v6: Option<Ipv6Addr>,
+        ports: RangeInclusive<u16>,
+    ) -> Result<()> {
+        let config = SnatConfig {
+            addr_v4: v4.map_or([0; 16], |a| map_addr(a.into())),
+            addr_v6: v6.map_or([0; 16], |a| a.octets()),
+            port_min: *ports.start(),
+            port_max: *ports.end(),
+            _pad: 0,
+        };
+        self.snat_config.set(0, &config, 0)?;
+        Ok(())
+    }
+
     /// Creates or updates backend `id`. Ids are never 0.
-    pub fn set_backend(&mut self, id: u32, addr: SocketAddr) -> Result<()> {
+    pub fn set_backend(&mut self, id: u32, ep: impl Into<Endpoint>) -> Result<()> {
         if id == 0 {
             bail!("backend id 0 is reserved");
         }
-        self.backends.insert(&id, &backend_value(addr), 0)?;
+        self.backends.insert(&id, &backend_value(ep.into()), 0)?;
+        Ok(())
+    }
+
+    /// Adds and removes source ranges of service `service_id`.
+    pub fn set_source_ranges(
+        &mut self,
+        service_id: u32,
+        add: &[SourceRange],
+        remove: &[SourceRange],
+    ) -> Result<()> {
+        for r in add {
+            self.source_ranges
+                .insert(&source_range_key(service_id, *r), &1, 0)?;
+        }
+        for r in remove {
+            ignore_missing(self.source_ranges.remove(&source_range_key(service_id, *r)))?;
+        }
         Ok(())
     }
 
@@ -383,38 +482,55 @@ impl Dataplane {
     /// What the maps hold, for a reconciler adopting them: backend ids
     /// and each frontend's slots.
     pub fn dump(&self) -> Result<MapContents> {
-        dump(&self.services, &self.backends)
+        dump(&self.services, &self.backends, &self.source_ranges)
     }
 }
 
 /// Backend ids with their endpoints, and each frontend's slots.
-pub type MapContents = (BTreeMap<u32, SocketAddr>, BTreeMap<Frontend, Programmed>);
+pub type MapContents = (BTreeMap<u32, Endpoint>, BTreeMap<Frontend, Programmed>);
 
 /// Reads the service and backend maps an agent pinned under `pins`, from
 /// outside it (tests, diagnostics).
 pub fn dump_pinned(pins: &Pins) -> Result<MapContents> {
-    let open = |name: &str| -> Result<aya::maps::Map> {
+    let open = |name: &str| -> Result<MapData> {
         let path = pins.maps_dir().join(name);
-        let data =
-            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-        Ok(aya::maps::Map::HashMap(data))
+        MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
     };
-    let services = HashMap::try_from(open(SERVICES_MAP)?)?;
-    let backends = HashMap::try_from(open(BACKENDS_MAP)?)?;
-    dump(&services, &backends)
+    let services = HashMap::try_from(aya::maps::Map::HashMap(open(SERVICES_MAP)?))?;
+    let backends = HashMap::try_from(aya::maps::Map::HashMap(open(BACKENDS_MAP)?))?;
+    let ranges = LpmTrie::try_from(aya::maps::Map::LpmTrie(open(SOURCE_RANGES_MAP)?))?;
+    dump(&services, &backends, &ranges)
 }
 
 fn dump(
     services: &HashMap<MapData, ServiceKey, ServiceValue>,
     backends_map: &HashMap<MapData, u32, Backend>,
+    ranges_map: &LpmTrie<MapData, SourceRangeKey, u8>,
 ) -> Result<MapContents> {
     let mut backends = BTreeMap::new();
     for entry in backends_map.iter() {
         let (id, b) = entry?;
-        backends.insert(
-            id,
-            SocketAddr::new(unmap_addr(b.addr), u16::from_be(b.port)),
-        );
+        let ep = Endpoint {
+            addr: SocketAddr::new(unmap_addr(b.addr), u16::from_be(b.port)),
+            local: b.flags & backend_flags::LOCAL != 0,
+        };
+        backends.insert(id, ep);
+    }
+    let mut ranges: BTreeMap<u32, BTreeSet<SourceRange>> = BTreeMap::new();
+    for key in ranges_map.keys() {
+        let key = key?;
+        let data = key.data();
+        let ip = unmap_addr(data.addr);
+        let bits = key.prefix_len().saturating_sub(32);
+        let len = if ip.is_ipv4() {
+            bits.saturating_sub(96)
+        } else {
+            bits
+        };
+        ranges
+            .entry(u32::from_be_bytes(data.service_id))
+            .or_default()
+            .insert((ip, len as u8));
     }
     let mut heads = BTreeMap::new();
     let mut slots: BTreeMap<Frontend, BTreeMap<u16, u32>> = BTreeMap::new();
@@ -447,6 +563,11 @@ fn dump(
                     affinity_timeout_s: head.affinity_timeout_s,
                 },
                 backend_ids,
+                source_ranges: ranges
+                    .remove(&head.service_id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
             };
             (fe, p)
         })

@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod model;
 pub mod netif;
 pub mod reconcile;
+pub mod service_health;
 pub mod view;

@@ -78,7 +78,8 @@ struct RunArgs {
     /// service account, or $KUBECONFIG).
     #[arg(long, conflicts_with = "manifests")]
     kubeconfig: Option<PathBuf>,
-    /// The Node this agent serves (default: the host name).
+    /// The Node this agent serves (default: the host name; with
+    /// --manifests, none: every endpoint is local).
     #[arg(long, env = "NODE_NAME")]
     hostname_override: Option<String>,
     /// Instead of an API server: a directory of Service, Pod and
@@ -102,10 +103,20 @@ struct RunArgs {
         required = true
     )]
     pod_interfaces: Vec<String>,
-    /// Node addresses NodePorts answer on (default: the Node object's
-    /// InternalIP and ExternalIP addresses, else the uplinks').
+    /// The node's addresses (default: the Node object's InternalIP and
+    /// ExternalIP addresses, else the uplinks'): NodePorts answer there, and
+    /// traffic from outside to other nodes' backends is SNATed to the first
+    /// of each family.
     #[arg(long, env = "SVC_AGENT_NODE_IP", value_delimiter = ',')]
     node_ip: Vec<IpAddr>,
+    /// NodePorts answer only on local addresses within these CIDRs
+    /// (kube-proxy's flag; default: the node's addresses).
+    #[arg(long, env = "SVC_AGENT_NODEPORT_ADDRESSES", value_delimiter = ',')]
+    nodeport_addresses: Vec<Cidr>,
+    /// Source ports for SNAT (above Linux's default ephemeral range, so they
+    /// never clash with the node's own connections).
+    #[arg(long, default_value = "61000-65535")]
+    snat_port_range: String,
     /// /healthz and /livez, as kube-proxy serves them ("" to disable).
     #[arg(long, default_value = "0.0.0.0:10256")]
     healthz_bind_address: BindAddress,
@@ -257,28 +268,30 @@ fn main() -> Result<()> {
 
 fn run(args: RunArgs) -> Result<()> {
     let source = match args.manifests {
-        Some(dir) => {
-            let (lo, hi) = args
-                .node_port_range
-                .split_once('-')
-                .context("--node-port-range: expected LOW-HIGH")?;
-            let node_ports = lo.trim().parse::<u16>()?..=hi.trim().parse::<u16>()?;
-            SourceConfig::Manifests {
-                dir,
-                network: ServiceNetwork::new(args.service_cidr, node_ports)?,
-            }
-        }
+        Some(dir) => SourceConfig::Manifests {
+            dir,
+            network: ServiceNetwork::new(
+                args.service_cidr,
+                port_range(&args.node_port_range, "--node-port-range")?,
+            )?,
+        },
         None => SourceConfig::Cluster {
             kubeconfig: args.kubeconfig,
-            node_name: match args.hostname_override {
-                Some(n) => n,
-                None => host_name()?,
-            }
-            .to_lowercase(),
         },
     };
+    // Without an API server nothing names the node: unless told, every
+    // endpoint of the manifests is taken as local.
+    let node_name = match (args.hostname_override, &source) {
+        (Some(n), _) => n,
+        (None, SourceConfig::Manifests { .. }) => String::new(),
+        (None, SourceConfig::Cluster { .. }) => host_name()?,
+    }
+    .to_lowercase();
     let config = Config {
         source,
+        node_name,
+        nodeport_addresses: args.nodeport_addresses,
+        snat_ports: port_range(&args.snat_port_range, "--snat-port-range")?,
         uplinks: args.uplinks,
         pod_interfaces: args.pod_interfaces,
         node_ips: args.node_ip,
@@ -292,6 +305,18 @@ fn run(args: RunArgs) -> Result<()> {
         sync_period: args.sync_period,
     };
     tokio::runtime::Runtime::new()?.block_on(agent::run(config))
+}
+
+/// "LOW-HIGH", inclusive.
+fn port_range(s: &str, flag: &str) -> Result<std::ops::RangeInclusive<u16>> {
+    let (lo, hi) = s
+        .split_once('-')
+        .with_context(|| format!("{flag}: expected LOW-HIGH"))?;
+    let (lo, hi) = (lo.trim().parse::<u16>()?, hi.trim().parse::<u16>()?);
+    if lo > hi || lo == 0 {
+        bail!("{flag}: {s:?} is empty or starts at 0");
+    }
+    Ok(lo..=hi)
 }
 
 /// The kernel's host name, as kube-proxy defaults its node name to.

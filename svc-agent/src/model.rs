@@ -17,7 +17,8 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use svc_common::service_flags;
 
 use crate::{
-    dataplane::{Frontend, Protocol, Settings},
+    apiserver::Cidr,
+    dataplane::{Endpoint, Frontend, Protocol, Settings, SourceRange},
     view::PortEndpoints,
 };
 
@@ -26,10 +27,21 @@ pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// What the node contributes: its addresses, for NodePorts.
+/// What the node contributes: its name (which endpoints are local) and
+/// the addresses NodePorts answer on.
 #[derive(Clone, Debug, Default)]
 pub struct Node {
+    /// Empty: unknown, and every endpoint counts as local.
+    pub name: String,
     pub ips: Vec<IpAddr>,
+}
+
+impl Node {
+    /// An endpoint without a nodeName is taken as local: nothing says it
+    /// runs elsewhere.
+    fn runs(&self, endpoint_node: Option<&str>) -> bool {
+        self.name.is_empty() || endpoint_node.is_none_or(|n| n == self.name)
+    }
 }
 
 /// Which service port a frontend serves, for stats and diagnostics.
@@ -45,8 +57,10 @@ pub struct ServicePortName {
 pub struct Target {
     pub service: ServicePortName,
     /// Backends, sorted and without duplicates.
-    pub backends: Vec<SocketAddr>,
+    pub backends: Vec<Endpoint>,
     pub settings: Settings,
+    /// Only these clients may connect (with `service_flags::SOURCE_RANGES`).
+    pub source_ranges: Vec<SourceRange>,
 }
 
 pub type Desired = BTreeMap<Frontend, Target>;
@@ -75,8 +89,9 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> D
         let namespace = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
         let own_slices = index.of(svc);
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
         let mut flags = 0;
-        if spec.external_traffic_policy.as_deref() == Some("Local") {
+        if external_local {
             flags |= service_flags::EXTERNAL_LOCAL;
         }
         let mut affinity_timeout_s = 0;
@@ -90,7 +105,8 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> D
                 .and_then(|t| u32::try_from(t).ok())
                 .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S);
         }
-        let service_ips = service_ips(svc);
+        let ips = ServiceIps::of(svc);
+        let ranges = source_ranges(svc);
         for port in spec.ports.iter().flatten() {
             let Ok(proto) = port
                 .protocol
@@ -104,43 +120,159 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> D
             let Ok(svc_port) = u16::try_from(port.port) else {
                 continue;
             };
-            let backends_v4 = backends(own_slices, &port_name, proto, "IPv4");
-            let backends_v6 = backends(own_slices, &port_name, proto, "IPv6");
-            let target = |ip: IpAddr, flags: u16| Target {
-                service: ServicePortName {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    port: port_name.clone(),
-                },
-                backends: if ip.is_ipv4() {
-                    backends_v4.clone()
-                } else {
-                    backends_v6.clone()
-                },
-                settings: Settings {
-                    flags,
-                    affinity_timeout_s,
-                },
+            let pick = |family: &str, only_local: bool| {
+                backends(own_slices, &port_name, proto, family, node, only_local)
             };
-            for &ip in &service_ips {
-                let fe = Frontend {
-                    addr: SocketAddr::new(ip, svc_port),
-                    proto,
+            let (all_v4, all_v6) = (pick("IPv4", false), pick("IPv6", false));
+            // externalTrafficPolicy Local: traffic from outside goes to this
+            // node's endpoints only (none: dropped), keeping the client's
+            // address; Cluster: to any endpoint.
+            let (ext_v4, ext_v6) = if external_local {
+                (pick("IPv4", true), pick("IPv6", true))
+            } else {
+                (all_v4.clone(), all_v6.clone())
+            };
+            let mut add =
+                |ip: IpAddr, port: u16, external: bool, extra: u16, ranges: &[SourceRange]| {
+                    let backends = match (ip.is_ipv4(), external) {
+                        (true, false) => &all_v4,
+                        (false, false) => &all_v6,
+                        (true, true) => &ext_v4,
+                        (false, true) => &ext_v6,
+                    };
+                    let ranges: Vec<SourceRange> = ranges
+                        .iter()
+                        .filter(|r| r.0.is_ipv4() == ip.is_ipv4())
+                        .copied()
+                        .collect();
+                    let mut flags = flags | extra;
+                    if !ranges.is_empty() {
+                        flags |= service_flags::SOURCE_RANGES;
+                    }
+                    let target = Target {
+                        service: ServicePortName {
+                            namespace: namespace.clone(),
+                            name: name.clone(),
+                            port: port_name.clone(),
+                        },
+                        backends: backends.clone(),
+                        settings: Settings {
+                            flags,
+                            affinity_timeout_s,
+                        },
+                        source_ranges: ranges,
+                    };
+                    out.insert(
+                        Frontend {
+                            addr: SocketAddr::new(ip, port),
+                            proto,
+                        },
+                        target,
+                    );
                 };
-                out.insert(fe, target(ip, flags));
+            for &ip in &ips.cluster {
+                add(ip, svc_port, false, 0, &[]);
+            }
+            for &ip in &ips.external {
+                add(ip, svc_port, true, 0, &[]);
+            }
+            // loadBalancerSourceRanges restrict the load-balancer IPs.
+            for &ip in &ips.load_balancer {
+                add(ip, svc_port, true, 0, &ranges);
             }
             if let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok()) {
                 for &ip in &node.ips {
-                    let fe = Frontend {
-                        addr: SocketAddr::new(ip, node_port),
-                        proto,
-                    };
-                    out.insert(fe, target(ip, flags | service_flags::NODE_PORT));
+                    add(ip, node_port, true, service_flags::NODE_PORT, &[]);
                 }
             }
         }
     }
     out
+}
+
+/// A Service's addresses by kind: the kind decides which traffic policy
+/// and restrictions apply.
+struct ServiceIps {
+    cluster: Vec<IpAddr>,
+    external: Vec<IpAddr>,
+    load_balancer: Vec<IpAddr>,
+}
+
+impl ServiceIps {
+    fn of(svc: &Service) -> Self {
+        let spec = svc.spec.as_ref();
+        let parse = |v: Vec<String>| -> Vec<IpAddr> {
+            let set: BTreeSet<IpAddr> = v.iter().filter_map(|s| s.parse().ok()).collect();
+            set.into_iter().collect()
+        };
+        let raw = RawIps::of(svc);
+        let _ = spec;
+        Self {
+            cluster: parse(raw.cluster),
+            external: parse(raw.external),
+            load_balancer: parse(raw.load_balancer),
+        }
+    }
+}
+
+/// The same, as strings, as the Service spells them.
+struct RawIps {
+    cluster: Vec<String>,
+    external: Vec<String>,
+    load_balancer: Vec<String>,
+}
+
+impl RawIps {
+    fn of(svc: &Service) -> Self {
+        let spec = svc.spec.as_ref();
+        let cluster = spec
+            .and_then(|s| s.cluster_ips.clone())
+            .filter(|v| !v.is_empty())
+            .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ip| ip != "None" && !ip.is_empty())
+            .collect();
+        let external = spec
+            .and_then(|s| s.external_ips.clone())
+            .unwrap_or_default();
+        let load_balancer = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .map(|v| v.iter().filter_map(|i| i.ip.clone()).collect())
+            .unwrap_or_default();
+        Self {
+            cluster,
+            external,
+            load_balancer,
+        }
+    }
+
+    fn all(self) -> impl Iterator<Item = String> {
+        self.cluster
+            .into_iter()
+            .chain(self.external)
+            .chain(self.load_balancer)
+    }
+}
+
+/// `spec.loadBalancerSourceRanges`, parsed and masked; unparseable ones
+/// are left out (and reported by `problems`).
+fn source_ranges(svc: &Service) -> Vec<SourceRange> {
+    let mut v: Vec<SourceRange> = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.load_balancer_source_ranges.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.trim().parse::<Cidr>().ok())
+        .map(|c| (c.addr, c.prefix))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// Why part of a proxied Service is not served, for an Event on it.
@@ -178,7 +310,7 @@ pub fn problems(services: &[Service]) -> Vec<Problem> {
                 ));
             }
         }
-        for ip in raw_service_ips(svc) {
+        for ip in RawIps::of(svc).all() {
             if ip.parse::<IpAddr>().is_err() {
                 out.push(problem(
                     "InvalidIP",
@@ -186,37 +318,20 @@ pub fn problems(services: &[Service]) -> Vec<Problem> {
                 ));
             }
         }
+        let ranges = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.load_balancer_source_ranges.as_ref());
+        for r in ranges.into_iter().flatten() {
+            if r.trim().parse::<Cidr>().is_err() {
+                out.push(problem(
+                    "InvalidSourceRange",
+                    format!("loadBalancerSourceRanges: {r:?} is not a CIDR; it is ignored"),
+                ));
+            }
+        }
     }
     out
-}
-
-/// clusterIPs, externalIPs and load-balancer ingress IPs.
-fn service_ips(svc: &Service) -> Vec<IpAddr> {
-    let ips: BTreeSet<IpAddr> = raw_service_ips(svc)
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    ips.into_iter().collect()
-}
-
-fn raw_service_ips(svc: &Service) -> Vec<String> {
-    let spec = svc.spec.as_ref();
-    let cluster = spec
-        .and_then(|s| s.cluster_ips.clone())
-        .filter(|v| !v.is_empty())
-        .or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip]))
-        .unwrap_or_default();
-    let external = spec
-        .and_then(|s| s.external_ips.clone())
-        .unwrap_or_default();
-    let ingress: Vec<String> = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|v| v.iter().filter_map(|i| i.ip.clone()).collect())
-        .unwrap_or_default();
-    cluster.into_iter().chain(external).chain(ingress).collect()
 }
 
 /// EndpointSlices grouped by the Service they belong to (namespace and
@@ -278,8 +393,10 @@ fn backends(
     port_name: &str,
     proto: Protocol,
     address_type: &str,
-) -> Vec<SocketAddr> {
-    let mut seen: BTreeMap<SocketAddr, Conditions> = BTreeMap::new();
+    node: &Node,
+    only_local: bool,
+) -> Vec<Endpoint> {
+    let mut seen: BTreeMap<Endpoint, Conditions> = BTreeMap::new();
     for slice in slices.iter().filter(|s| s.address_type == address_type) {
         let Some(port) = slice.ports.iter().flatten().find(|p| {
             p.name.as_deref().unwrap_or("") == port_name
@@ -306,13 +423,21 @@ fn backends(
             if addr.is_ipv4() != (address_type == "IPv4") {
                 continue;
             }
+            let local = node.runs(ep.node_name.as_deref());
+            if only_local && !local {
+                continue;
+            }
             let c = ep.conditions.as_ref();
             let conditions = Conditions {
                 ready: c.and_then(|c| c.ready).unwrap_or(true),
                 serving: c.and_then(|c| c.serving).unwrap_or(true),
                 terminating: c.and_then(|c| c.terminating).unwrap_or(false),
             };
-            seen.entry(SocketAddr::new(addr, port))
+            let endpoint = Endpoint {
+                addr: SocketAddr::new(addr, port),
+                local,
+            };
+            seen.entry(endpoint)
                 .and_modify(|kept| {
                     if kept.terminating && !conditions.terminating {
                         *kept = conditions;
@@ -321,7 +446,7 @@ fn backends(
                 .or_insert(conditions);
         }
     }
-    let pick = |f: fn(&Conditions) -> bool| -> Vec<SocketAddr> {
+    let pick = |f: fn(&Conditions) -> bool| -> Vec<Endpoint> {
         seen.iter().filter(|(_, c)| f(c)).map(|(a, _)| *a).collect()
     };
     let ready = pick(|c| c.ready);
@@ -346,8 +471,14 @@ pub fn port_endpoints(svc: &Service, index: &SliceIndex) -> Vec<PortEndpoints> {
                 .unwrap_or("TCP")
                 .parse()
                 .unwrap_or(Protocol::Tcp);
-            let mut addresses = backends(own, &port_name, proto, "IPv4");
-            addresses.extend(backends(own, &port_name, proto, "IPv6"));
+            let node = Node::default();
+            let mut addresses: Vec<SocketAddr> =
+                backends(own, &port_name, proto, "IPv4", &node, false)
+                    .into_iter()
+                    .chain(backends(own, &port_name, proto, "IPv6", &node, false))
+                    .map(|e| e.addr)
+                    .collect();
+            addresses.dedup();
             PortEndpoints {
                 port_name,
                 addresses,
@@ -406,6 +537,10 @@ mod tests {
         ]
     }
 
+    fn addrs(v: &[Endpoint]) -> Vec<SocketAddr> {
+        v.iter().map(|e| e.addr).collect()
+    }
+
     fn fe(s: &str, proto: Protocol) -> Frontend {
         Frontend {
             addr: s.parse().unwrap(),
@@ -416,6 +551,7 @@ mod tests {
     #[test]
     fn every_ip_and_port_is_a_frontend_with_ready_backends_of_its_family() {
         let node = Node {
+            name: String::new(),
             ips: vec!["192.0.2.1".parse().unwrap()],
         };
         let d = desired(&[web()], &web_slices(), &node);
@@ -438,16 +574,16 @@ mod tests {
             "10.244.1.21:8080".parse().unwrap(),
             "10.244.1.23:8080".parse().unwrap(),
         ];
-        assert_eq!(http.backends, want);
+        assert_eq!(addrs(&http.backends), want);
         assert_eq!(http.settings, Settings::default());
         let np = &d[&fe("192.0.2.1:30007", Protocol::Tcp)];
         assert_eq!(
-            (np.backends.clone(), np.settings.flags),
+            (addrs(&np.backends), np.settings.flags),
             (want, service_flags::NODE_PORT)
         );
         assert_eq!(
-            d[&fe("[fd00:96::10]:80", Protocol::Tcp)].backends,
-            vec!["[fd00:244:1::21]:8080".parse().unwrap()]
+            addrs(&d[&fe("[fd00:96::10]:80", Protocol::Tcp)].backends),
+            vec!["[fd00:244:1::21]:8080".parse::<SocketAddr>().unwrap()]
         );
         // The v6 slice has no dns port: no backends, but the frontend exists.
         assert!(
@@ -468,7 +604,7 @@ mod tests {
         }
         let d = desired(&[web()], &slices, &Node::default());
         assert_eq!(
-            d[&fe("10.96.0.10:80", Protocol::Tcp)].backends,
+            addrs(&d[&fe("10.96.0.10:80", Protocol::Tcp)].backends),
             vec!["10.244.1.22:8080".parse::<SocketAddr>().unwrap()]
         );
     }
@@ -509,6 +645,82 @@ mod tests {
         assert!(
             d.values()
                 .all(|t| t.settings.flags == service_flags::EXTERNAL_LOCAL)
+        );
+    }
+
+    #[test]
+    fn external_traffic_policy_local_keeps_external_frontends_on_local_endpoints() {
+        let s = svc(json!({
+            "metadata": {"name": "lb", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.20", "externalIPs": ["198.51.100.7"],
+                     "externalTrafficPolicy": "Local", "loadBalancerSourceRanges": ["203.0.113.0/25", "2001:db8::/32", " 10.1.2.3/8"],
+                     "ports": [{"name": "http", "port": 80, "nodePort": 30080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}
+        }));
+        let slices = [slice(json!({
+            "metadata": {"name": "lb-a", "namespace": "default", "labels": {"kubernetes.io/service-name": "lb"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [
+                {"addresses": ["10.244.1.21"], "nodeName": "node-1"},
+                {"addresses": ["10.244.2.21"], "nodeName": "node-2"},
+                // Terminating here, ready elsewhere: the local fallback.
+                {"addresses": ["10.244.1.22"], "nodeName": "node-1", "conditions": {"ready": false, "serving": true, "terminating": true}}
+            ]
+        }))];
+        let node = Node {
+            name: "node-1".into(),
+            ips: vec!["192.0.2.1".parse().unwrap()],
+        };
+        let d = desired(std::slice::from_ref(&s), &slices, &node);
+        let backends = |f: &str| -> Vec<(String, bool)> {
+            d[&fe(f, Protocol::Tcp)]
+                .backends
+                .iter()
+                .map(|e| (e.addr.to_string(), e.local))
+                .collect()
+        };
+        // The clusterIP serves every ready endpoint, local or not.
+        assert_eq!(
+            backends("10.96.0.20:80"),
+            [
+                ("10.244.1.21:8080".into(), true),
+                ("10.244.2.21:8080".into(), false)
+            ]
+        );
+        // External frontends: this node's ready endpoints only.
+        for f in ["198.51.100.7:80", "203.0.113.9:80", "192.0.2.1:30080"] {
+            assert_eq!(backends(f), [("10.244.1.21:8080".into(), true)], "{f}");
+        }
+        // Only the load-balancer IP is restricted, to its family's ranges.
+        let lb = &d[&fe("203.0.113.9:80", Protocol::Tcp)];
+        assert_eq!(
+            lb.source_ranges,
+            [
+                ("10.0.0.0".parse().unwrap(), 8),
+                ("203.0.113.0".parse().unwrap(), 25)
+            ]
+        );
+        assert_ne!(lb.settings.flags & service_flags::SOURCE_RANGES, 0);
+        let ext = &d[&fe("198.51.100.7:80", Protocol::Tcp)];
+        assert!(ext.source_ranges.is_empty());
+        assert_eq!(ext.settings.flags & service_flags::SOURCE_RANGES, 0);
+
+        // On a node with only a terminating local endpoint, that one serves.
+        let node3 = Node {
+            name: "node-3".into(),
+            ..node.clone()
+        };
+        let d = desired(std::slice::from_ref(&s), &slices, &node3);
+        assert!(d[&fe("203.0.113.9:80", Protocol::Tcp)].backends.is_empty());
+        let mut only_terminating = slices.clone();
+        only_terminating[0]
+            .endpoints
+            .retain(|e| e.addresses[0] == "10.244.1.22");
+        let d = desired(&[s], &only_terminating, &node);
+        assert_eq!(
+            addrs(&d[&fe("203.0.113.9:80", Protocol::Tcp)].backends),
+            vec!["10.244.1.22:8080".parse::<SocketAddr>().unwrap()]
         );
     }
 
@@ -578,7 +790,7 @@ mod tests {
         ];
         let d = desired(&[web()], &[t], &Node::default());
         assert_eq!(
-            d[&fe("10.96.0.10:80", Protocol::Tcp)].backends,
+            addrs(&d[&fe("10.96.0.10:80", Protocol::Tcp)].backends),
             vec!["10.244.1.34:8080".parse::<SocketAddr>().unwrap()]
         );
     }

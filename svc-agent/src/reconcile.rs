@@ -8,23 +8,20 @@
 //!
 //! A frontend that cannot be written (a full map, no free id) is reported
 //! and keeps what it had; the others are still programmed.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Result, bail};
 use svc_common::MAX_SERVICES;
 
 use crate::{
-    dataplane::{Dataplane, Frontend, Settings},
+    dataplane::{Dataplane, Endpoint, Frontend, Settings, SourceRange},
     model::Desired,
 };
 
 /// The map operations the reconciler needs; the dataplane implements
 /// them, and the unit tests record them.
 pub trait Maps {
-    fn set_backend(&mut self, id: u32, addr: SocketAddr) -> Result<()>;
+    fn set_backend(&mut self, id: u32, ep: Endpoint) -> Result<()>;
     fn remove_backend(&mut self, id: u32) -> Result<()>;
     fn set_service(
         &mut self,
@@ -34,11 +31,17 @@ pub trait Maps {
         backends: &[u32],
     ) -> Result<()>;
     fn remove_service(&mut self, fe: &Frontend) -> Result<()>;
+    fn set_source_ranges(
+        &mut self,
+        service_id: u32,
+        add: &[SourceRange],
+        remove: &[SourceRange],
+    ) -> Result<()>;
 }
 
 impl Maps for Dataplane {
-    fn set_backend(&mut self, id: u32, addr: SocketAddr) -> Result<()> {
-        Dataplane::set_backend(self, id, addr)
+    fn set_backend(&mut self, id: u32, ep: Endpoint) -> Result<()> {
+        Dataplane::set_backend(self, id, ep)
     }
     fn remove_backend(&mut self, id: u32) -> Result<()> {
         Dataplane::remove_backend(self, id)
@@ -55,6 +58,14 @@ impl Maps for Dataplane {
     fn remove_service(&mut self, fe: &Frontend) -> Result<()> {
         Dataplane::remove_service(self, fe)
     }
+    fn set_source_ranges(
+        &mut self,
+        service_id: u32,
+        add: &[SourceRange],
+        remove: &[SourceRange],
+    ) -> Result<()> {
+        Dataplane::set_source_ranges(self, service_id, add, remove)
+    }
 }
 
 /// What one frontend's slots hold.
@@ -63,12 +74,14 @@ pub struct Programmed {
     pub service_id: u32,
     pub settings: Settings,
     pub backend_ids: Vec<u32>,
+    /// loadBalancerSourceRanges, sorted.
+    pub source_ranges: Vec<SourceRange>,
 }
 
 /// The maps' content as the reconciler knows it.
 #[derive(Debug, Default)]
 pub struct Reconciler {
-    backends: BTreeMap<SocketAddr, u32>,
+    backends: BTreeMap<Endpoint, u32>,
     frontends: BTreeMap<Frontend, Programmed>,
 }
 
@@ -93,7 +106,7 @@ impl Reconciler {
     /// Starts from maps that already hold state (pinned by an earlier
     /// agent), so the first `apply` changes only what differs.
     pub fn adopt(
-        backends: BTreeMap<u32, SocketAddr>,
+        backends: BTreeMap<u32, Endpoint>,
         frontends: BTreeMap<Frontend, Programmed>,
     ) -> Self {
         Self {
@@ -115,10 +128,10 @@ impl Reconciler {
     /// (someone else wrote to the maps, or a write was lost).
     pub fn drift(
         &self,
-        backends: &BTreeMap<u32, SocketAddr>,
+        backends: &BTreeMap<u32, Endpoint>,
         frontends: &BTreeMap<Frontend, Programmed>,
     ) -> usize {
-        let believed: BTreeMap<u32, SocketAddr> =
+        let believed: BTreeMap<u32, Endpoint> =
             self.backends.iter().map(|(a, id)| (*id, *a)).collect();
         differing(&believed, backends) + differing(&self.frontends, frontends)
     }
@@ -127,7 +140,7 @@ impl Reconciler {
         let mut changes = Changes::default();
 
         // 1. Backends that are new get ids and are written first.
-        let wanted: BTreeSet<SocketAddr> = desired
+        let wanted: BTreeSet<Endpoint> = desired
             .values()
             .flat_map(|t| t.backends.iter().copied())
             .collect();
@@ -160,7 +173,10 @@ impl Reconciler {
             .collect();
         for fe in stale {
             maps.remove_service(&fe)?;
-            self.frontends.remove(&fe);
+            if let Some(old) = self.frontends.remove(&fe) {
+                // Its id may go to a newcomer: its ranges must not.
+                maps.set_source_ranges(old.service_id, &[], &old.source_ranges)?;
+            }
             changes.frontends_removed += 1;
         }
 
@@ -206,11 +222,31 @@ impl Reconciler {
                 service_id,
                 settings: target.settings,
                 backend_ids,
+                source_ranges: target.source_ranges.clone(),
             };
-            if self.frontends.get(fe) != Some(&want) {
-                if let Err(e) =
-                    maps.set_service(fe, want.service_id, want.settings, &want.backend_ids)
-                {
+            let old = self.frontends.get(fe);
+            if old != Some(&want) {
+                // New ranges before the head that enables them, stale ones
+                // after: a client allowed throughout is never refused.
+                let had = old.map_or(&[][..], |o| o.source_ranges.as_slice());
+                let add: Vec<SourceRange> = want
+                    .source_ranges
+                    .iter()
+                    .filter(|r| !had.contains(r))
+                    .copied()
+                    .collect();
+                let remove: Vec<SourceRange> = had
+                    .iter()
+                    .filter(|r| !want.source_ranges.contains(r))
+                    .copied()
+                    .collect();
+                let written = maps
+                    .set_source_ranges(service_id, &add, &[])
+                    .and_then(|()| {
+                        maps.set_service(fe, want.service_id, want.settings, &want.backend_ids)
+                    })
+                    .and_then(|()| maps.set_source_ranges(service_id, &[], &remove));
+                if let Err(e) = written {
                     changes.failed.push((*fe, format!("{e:#}")));
                     continue;
                 }
@@ -226,7 +262,7 @@ impl Reconciler {
             .values()
             .flat_map(|p| p.backend_ids.iter().copied())
             .collect();
-        let unused: Vec<(SocketAddr, u32)> = self
+        let unused: Vec<(Endpoint, u32)> = self
             .backends
             .iter()
             .filter(|(addr, id)| !wanted.contains(addr) && !in_use.contains(id))
@@ -286,25 +322,28 @@ mod tests {
         dataplane::Protocol,
         model::{ServicePortName, Target},
     };
+    use std::net::SocketAddr;
 
     /// Records operations and checks, like the kernel would, that no slot
     /// ever names a backend that does not exist.
     #[derive(Default)]
     struct FakeMaps {
         ops: Vec<String>,
-        backends: BTreeMap<u32, SocketAddr>,
+        backends: BTreeMap<u32, Endpoint>,
         services: BTreeMap<Frontend, Vec<u32>>,
+        ranges: BTreeSet<(u32, SourceRange)>,
         /// Writes of this backend fail, as into a full map.
         refuse: Option<SocketAddr>,
     }
 
     impl Maps for FakeMaps {
-        fn set_backend(&mut self, id: u32, addr: SocketAddr) -> Result<()> {
+        fn set_backend(&mut self, id: u32, ep: Endpoint) -> Result<()> {
+            let addr = ep.addr;
             if self.refuse == Some(addr) {
                 bail!("map full");
             }
             self.ops.push(format!("+backend {id} {addr}"));
-            self.backends.insert(id, addr);
+            self.backends.insert(id, ep);
             Ok(())
         }
         fn remove_backend(&mut self, id: u32) -> Result<()> {
@@ -331,6 +370,24 @@ mod tests {
             self.services.remove(fe);
             Ok(())
         }
+        fn set_source_ranges(
+            &mut self,
+            service_id: u32,
+            add: &[SourceRange],
+            remove: &[SourceRange],
+        ) -> Result<()> {
+            for r in add {
+                self.ops
+                    .push(format!("+range #{service_id} {}/{}", r.0, r.1));
+                self.ranges.insert((service_id, *r));
+            }
+            for r in remove {
+                self.ops
+                    .push(format!("-range #{service_id} {}/{}", r.0, r.1));
+                self.ranges.remove(&(service_id, *r));
+            }
+            Ok(())
+        }
     }
 
     fn fe(addr: &str) -> Frontend {
@@ -350,8 +407,12 @@ mod tests {
                         name: (*f).into(),
                         port: String::new(),
                     },
-                    backends: bs.iter().map(|b| b.parse().unwrap()).collect(),
+                    backends: bs
+                        .iter()
+                        .map(|b| Endpoint::from(b.parse::<SocketAddr>().unwrap()))
+                        .collect(),
                     settings: Settings::default(),
+                    source_ranges: Vec::new(),
                 };
                 (fe(f), target)
             })
@@ -496,6 +557,37 @@ mod tests {
     }
 
     #[test]
+    fn source_ranges_are_added_before_the_head_and_removed_after_and_with_the_frontend() {
+        let mut r = Reconciler::default();
+        let mut m = FakeMaps::default();
+        let range = |s: &str| -> SourceRange {
+            let (a, p) = s.split_once('/').unwrap();
+            (a.parse().unwrap(), p.parse().unwrap())
+        };
+        let mut d = desired(&[("203.0.113.9:80", &["10.244.1.21:80"])]);
+        d.values_mut().next().unwrap().source_ranges = vec![range("198.51.100.0/24")];
+        r.apply(&d, &mut m).unwrap();
+        m.ops.clear();
+        d.values_mut().next().unwrap().source_ranges = vec![range("192.0.2.0/24")];
+        r.apply(&d, &mut m).unwrap();
+        assert_eq!(
+            m.ops,
+            [
+                "+range #0 192.0.2.0/24",
+                "+service 203.0.113.9:80 #0 [1]",
+                "-range #0 198.51.100.0/24"
+            ]
+        );
+        m.ops.clear();
+        r.apply(&desired(&[]), &mut m).unwrap();
+        assert!(m.ranges.is_empty(), "{:?}", m.ranges);
+        assert_eq!(
+            m.ops[..2],
+            ["-service 203.0.113.9:80", "-range #0 192.0.2.0/24"]
+        );
+    }
+
+    #[test]
     fn drift_counts_entries_that_differ_from_what_was_written() {
         let mut r = Reconciler::default();
         let mut m = FakeMaps::default();
@@ -510,7 +602,7 @@ mod tests {
         let mut backends = m.backends.clone();
         let mut frontends = r.frontends().clone();
         assert_eq!(r.drift(&backends, &frontends), 0);
-        backends.insert(9, "10.244.1.99:80".parse().unwrap()); // extra
+        backends.insert(9, "10.244.1.99:80".parse::<SocketAddr>().unwrap().into()); // extra
         frontends.remove(&fe("10.96.0.10:80")); // missing
         frontends.get_mut(&fe("10.96.0.11:80")).unwrap().backend_ids = vec![]; // changed
         assert_eq!(r.drift(&backends, &frontends), 3);

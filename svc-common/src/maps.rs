@@ -19,6 +19,9 @@ pub const SERVICE_STATS_MAP: &str = "SERVICE_STATS";
 pub const DROP_STATS_MAP: &str = "DROP_STATS";
 pub const VIRTUAL_UPLINKS_MAP: &str = "VIRTUAL_UPLINKS";
 pub const AFFINITY_MAP: &str = "AFFINITY";
+pub const SNAT_CONFIG_MAP: &str = "SNAT_CONFIG";
+pub const SOURCE_RANGES_MAP: &str = "SOURCE_RANGES";
+pub const XDP_FORWARD_MAP: &str = "XDP_FORWARD";
 
 /// Program names (the Rust function names in `svc-ebpf`).
 pub const XDP_PROGRAM: &str = "svc_xdp";
@@ -37,6 +40,9 @@ pub const MAX_SERVICES: u32 = 65_536;
 /// veths: only there can XDP meet a partial (`CHECKSUM_PARTIAL`) L4
 /// checksum, so only there does it look for one (see `xdp_rewrite`).
 pub const MAX_UPLINKS: u32 = 256;
+
+/// `SOURCE_RANGES` capacity: allowed client prefixes over all frontends.
+pub const MAX_SOURCE_RANGES: u32 = 16_384;
 
 /// L4 protocol numbers as they appear in the IP header.
 pub const PROTO_TCP: u8 = 6;
@@ -78,6 +84,9 @@ pub mod service_flags {
     pub const EXTERNAL_LOCAL: u16 = 1 << 1;
     /// sessionAffinity: ClientIP.
     pub const AFFINITY: u16 = 1 << 2;
+    /// Only clients in `SOURCE_RANGES` for this service id may connect
+    /// (`loadBalancerSourceRanges`, on load-balancer IPs).
+    pub const SOURCE_RANGES: u16 = 1 << 3;
 }
 
 /// Value of `SERVICES`. Slot 0 uses `backend_count`, `flags` and
@@ -100,8 +109,17 @@ pub struct Backend {
     pub addr: [u8; 16],
     /// Target port, network byte order.
     pub port: u16,
+    /// `backend_flags` bits.
     pub flags: u16,
     pub _pad: u32,
+}
+
+/// Bits of [`Backend::flags`].
+pub mod backend_flags {
+    /// The endpoint runs on this node. Traffic from outside the node to a
+    /// backend elsewhere is source-NATed to the node (so the reply comes
+    /// back through it); to a local one it keeps the client's address.
+    pub const LOCAL: u16 = 1 << 0;
 }
 
 /// Direction of a `CONNTRACK` entry.
@@ -124,22 +142,30 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of `CONNTRACK`: the address and port to write into the packet.
+/// Value of `CONNTRACK`: the addresses and ports to write into the packet
+/// (all four; those equal to the packet's are left alone).
 ///
-/// * Forward entry: backend address/port (the new destination).
-/// * Reply entry: frontend address/port (the new source).
+/// * Forward entry: the backend as destination; as source the client, or
+///   the frontend (hairpin), or the node's SNAT address and port.
+/// * Reply entry: the frontend as source, the client as destination.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatEntry {
-    pub addr: [u8; 16],
-    pub port: u16,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// Network byte order.
+    pub src_port: u16,
+    pub dst_port: u16,
     /// `nat_flags` bits.
     pub flags: u16,
+    pub _pad: u16,
     /// Backend the flow is pinned to; checked against `BACKENDS` on every
     /// forward hit so a deleted backend's flows are rebalanced.
     pub backend_id: u32,
     pub service_id: u32,
-    pub _pad2: u32,
+    /// Seconds (of `bpf_ktime_get_ns`) of the last reply, for SNATed flows:
+    /// their source ports are reused once the flow is over.
+    pub last_seen_s: u32,
 }
 
 /// Bits of [`NatEntry::flags`].
@@ -149,6 +175,44 @@ pub mod nat_flags {
     /// backend's answer leaves the pod and comes back through the program
     /// (kube-proxy masquerades such hairpin traffic for the same reason).
     pub const HAIRPIN: u16 = 1 << 0;
+    /// The flow came from outside the node to a backend on another node:
+    /// source-NATed to the node's address and a port of the SNAT pool.
+    pub const SNAT: u16 = 1 << 1;
+    /// A FIN or RST was seen from the backend: the flow is ending.
+    pub const CLOSING: u16 = 1 << 2;
+}
+
+/// How long a SNAT port stays taken after its flow's last reply: shortly
+/// once the backend closed (FIN/RST), otherwise as long as a quiet but open
+/// connection may plausibly last.
+pub const SNAT_CLOSED_HOLD_S: u32 = 2;
+pub const SNAT_TCP_IDLE_S: u32 = 7_200;
+pub const SNAT_UDP_IDLE_S: u32 = 60;
+/// How many pool ports a new flow tries before giving up.
+pub const SNAT_PROBES: u32 = 16;
+
+/// The single value of `SNAT_CONFIG`: the node's addresses that SNATed
+/// flows leave from, and the port pool (inclusive, host byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatConfig {
+    /// IPv4-mapped; all zero: no IPv4 SNAT (the flow is dropped, counted).
+    pub addr_v4: [u8; 16],
+    pub addr_v6: [u8; 16],
+    pub port_min: u16,
+    pub port_max: u16,
+    pub _pad: u32,
+}
+
+/// The data of a `SOURCE_RANGES` key (an LPM trie; the prefix length comes
+/// with the key): a service id followed by an address, both big-endian, so
+/// one trie holds every frontend's ranges. A prefix covers the 32 bits of
+/// the id plus the address prefix (IPv4 prefixes are mapped, so +96).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceRangeKey {
+    pub service_id: [u8; 4],
+    pub addr: [u8; 16],
 }
 
 /// Key of `AFFINITY` (LRU): one client of one frontend with
@@ -200,15 +264,21 @@ pub enum DropReason {
     RewriteFailed = 2,
     /// The conntrack insert failed.
     ConntrackFull = 3,
+    /// No free port in the SNAT pool (or no SNAT address for the family).
+    SnatPortsExhausted = 4,
+    /// A client outside `loadBalancerSourceRanges`.
+    SourceRangeDenied = 5,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 4;
-    pub const ALL: [DropReason; 4] = [
+    pub const COUNT: u32 = 6;
+    pub const ALL: [DropReason; 6] = [
         DropReason::NoBackend,
         DropReason::MissingBackend,
         DropReason::RewriteFailed,
         DropReason::ConntrackFull,
+        DropReason::SnatPortsExhausted,
+        DropReason::SourceRangeDenied,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -217,6 +287,8 @@ impl DropReason {
             DropReason::MissingBackend => "missing_backend",
             DropReason::RewriteFailed => "rewrite_failed",
             DropReason::ConntrackFull => "conntrack_full",
+            DropReason::SnatPortsExhausted => "snat_ports_exhausted",
+            DropReason::SourceRangeDenied => "source_range_denied",
         }
     }
 }
@@ -241,6 +313,8 @@ mod pod {
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for SnatConfig {}
+    unsafe impl aya::Pod for SourceRangeKey {}
 }
 
 // No implicit padding anywhere: the sizes are the sums of the fields.
@@ -248,7 +322,9 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
 const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<NatEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<NatEntry>() == 52);
+const _: () = assert!(core::mem::size_of::<SnatConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 24);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);

@@ -1,79 +1,122 @@
 //! The load-balancing decision: which packets are service traffic, which
 //! backend a flow goes to, and which packets are replies to translate back.
 //! Pure map logic; rewriting the packet is the caller's job.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use svc_common::{
-    AffinityKey, AffinityValue, CT_FORWARD, CT_REPLY, DropReason, FlowKey, NatEntry, ServiceKey,
-    ServiceStats, ServiceValue, nat_flags::HAIRPIN, service_flags,
+    AffinityKey, AffinityValue, CT_FORWARD, CT_REPLY, DropReason, FlowKey, NatEntry, PROTO_TCP,
+    SNAT_CLOSED_HOLD_S, SNAT_PROBES, SNAT_TCP_IDLE_S, SNAT_UDP_IDLE_S, ServiceKey, ServiceStats,
+    ServiceValue, SourceRangeKey, backend_flags,
+    nat_flags::{CLOSING, HAIRPIN, SNAT},
+    service_flags,
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, CONNTRACK, DROP_STATS, SERVICE_STATS, SERVICES},
-    packet::Flow,
+    maps::{
+        AFFINITY, BACKENDS, CONNTRACK, DROP_STATS, SERVICE_STATS, SERVICES, SNAT_CONFIG,
+        SOURCE_RANGES,
+    },
+    packet::{Flow, TCP_FIN, TCP_RST},
 };
 
-/// Rewrite one endpoint of the packet to `addr:port`.
+/// The packet's new addresses and ports (network byte order); the writer
+/// changes only those that differ from the packet's.
 pub struct Rewrite {
-    /// `true`: DNAT of the destination (client -> backend);
-    /// `false`: reverse NAT of the source (backend reply -> client).
-    pub dst: bool,
-    pub addr: [u8; 16],
-    /// Network byte order.
-    pub port: u16,
-    /// Also rewrite the other endpoint's address (port unchanged): the
-    /// source to the frontend on the way in, the destination back to the
-    /// client on the way out (see `nat_flags::HAIRPIN`).
-    pub hairpin: bool,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// For `Verdict::Snat`: the flow's backend and service.
+    pub backend_id: u32,
+    pub service_id: u32,
 }
 
+impl Rewrite {
+    #[inline(always)]
+    fn set(&mut self, nat: &NatEntry) -> Verdict {
+        self.src = nat.src_addr;
+        self.dst = nat.dst_addr;
+        self.src_port = nat.src_port;
+        self.dst_port = nat.dst_port;
+        Verdict::Rewrite
+    }
+}
+
+/// What to do with a packet. `Rewrite` comes with the new addresses in
+/// the caller's `Rewrite`: a BPF subprogram may return a scalar, never a
+/// pointer into its caller's stack (which returning a large enum would be).
+/// `Snat`: a new flow from outside to a backend elsewhere, whose source is
+/// still to be chosen by `snat` (a call of its own from the program, not
+/// from here: the stack has no room for another level below `decide`).
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Pass,
     Drop,
-    Rewrite(Rewrite),
+    Rewrite,
+    Snat,
+}
+
+/// Where a packet was seen: on an uplink (from outside the node, XDP) or
+/// leaving a pod (tcx).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Uplink,
+    Pod,
 }
 
 // A BPF subprogram of its own: its locals get their own frame instead of
 // adding to the caller's (the whole chain must fit in 512 bytes).
 #[inline(never)]
-pub fn decide(flow: &Flow, packet_len: u32) -> Verdict {
+pub fn decide(flow: &Flow, packet_len: u32, origin: Origin, rw: &mut Rewrite) -> Verdict {
     let frontend = ServiceKey::new(flow.dst, flow.dst_port, flow.proto, 0);
     // SAFETY: values are plain integers; a concurrent update can at worst
     // give a stale but well-formed value.
     if let Some(svc) = unsafe { SERVICES.get(&frontend) } {
-        return to_backend(flow, frontend, *svc, packet_len);
+        let svc = *svc;
+        return to_backend(flow, &svc, packet_len, origin, rw);
     }
 
     let reply = flow_key(flow, CT_REPLY);
-    if let Some(nat) = unsafe { CONNTRACK.get(&reply) } {
+    if let Some(nat) = CONNTRACK.get_ptr_mut(&reply) {
+        // SAFETY: a valid map value; racing writers only store integers.
+        let nat = unsafe { &mut *nat };
+        if nat.flags & SNAT != 0 {
+            // SNAT ports are reused once their flow is over: keep time.
+            nat.last_seen_s = now_s();
+            if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                nat.flags |= CLOSING;
+            }
+        }
         count_service(nat.service_id, packet_len, true);
-        return Verdict::Rewrite(Rewrite {
-            dst: false,
-            addr: nat.addr,
-            port: nat.port,
-            hairpin: nat.flags & HAIRPIN != 0,
-        });
+        return rw.set(nat);
     }
     Verdict::Pass
 }
 
 /// Client -> frontend: reuse the flow's backend while it exists, otherwise
 /// pick one by flow hash and remember the choice in both directions.
+/// (At most five arguments: BPF passes no more in registers.)
 #[inline(always)]
-fn to_backend(flow: &Flow, frontend: ServiceKey, svc: ServiceValue, packet_len: u32) -> Verdict {
+fn to_backend(
+    flow: &Flow,
+    svc: &ServiceValue,
+    packet_len: u32,
+    origin: Origin,
+    rw: &mut Rewrite,
+) -> Verdict {
+    let frontend = ServiceKey::new(flow.dst, flow.dst_port, flow.proto, 0);
     let service_id = svc.service_id;
+    if svc.flags & service_flags::SOURCE_RANGES != 0 && !source_allowed(service_id, &flow.src) {
+        count_drop(DropReason::SourceRangeDenied);
+        return Verdict::Drop;
+    }
     let forward = flow_key(flow, CT_FORWARD);
     if let Some(nat) = unsafe { CONNTRACK.get(&forward) } {
         // The pinned backend must still exist and still be the endpoint we
         // pinned (ids are reused once freed).
         if let Some(b) = unsafe { BACKENDS.get(&nat.backend_id) } {
-            if b.addr == nat.addr && b.port == nat.port {
+            if b.addr == nat.dst_addr && b.port == nat.dst_port {
                 count_service(nat.service_id, packet_len, false);
-                return Verdict::Rewrite(Rewrite {
-                    dst: true,
-                    addr: nat.addr,
-                    port: nat.port,
-                    hairpin: nat.flags & HAIRPIN != 0,
-                });
+                return rw.set(nat);
             }
         }
     }
@@ -82,7 +125,7 @@ fn to_backend(flow: &Flow, frontend: ServiceKey, svc: ServiceValue, packet_len: 
         count_drop(DropReason::NoBackend);
         return Verdict::Drop;
     }
-    let Some(backend_id) = choose_backend(flow, frontend, &svc) else {
+    let Some(backend_id) = choose_backend(flow, frontend, svc) else {
         count_drop(DropReason::MissingBackend);
         return Verdict::Drop;
     };
@@ -92,50 +135,179 @@ fn to_backend(flow: &Flow, frontend: ServiceKey, svc: ServiceValue, packet_len: 
     };
     let (addr, port) = (backend.addr, backend.port);
     let hairpin = addr == flow.src;
-    let flags = if hairpin { HAIRPIN } else { 0 };
+    // From outside the node to a backend on another node: the reply would
+    // go straight back to the client, untranslated, unless it comes back
+    // here. So the node's address (and a pool port) becomes the source.
+    let snat = origin == Origin::Uplink && backend.flags & backend_flags::LOCAL == 0 && !hairpin;
 
-    let to_backend = NatEntry {
-        addr,
-        port,
-        flags,
+    if snat {
+        rw.dst = addr;
+        rw.dst_port = port;
+        rw.backend_id = backend_id;
+        rw.service_id = service_id;
+        count_service(service_id, packet_len, false);
+        return Verdict::Snat;
+    }
+
+    // The reply: from the backend back to the client, made to look as if it
+    // came from the frontend.
+    let to_frontend = NatEntry {
+        src_addr: flow.dst,
+        src_port: flow.dst_port,
+        dst_addr: flow.src,
+        dst_port: flow.src_port,
+        flags: if hairpin { HAIRPIN } else { 0 },
         backend_id,
         service_id,
         ..NatEntry::default()
     };
-    // The reply comes from the backend to the client (to the frontend
-    // address, for hairpin) and must look as if it came from the frontend.
+    // Hairpin: the frontend becomes the source, so the backend's answer
+    // leaves the pod (kube-proxy masquerades it likewise).
+    let src = if hairpin { flow.dst } else { flow.src };
     let reply_key = FlowKey {
         src_addr: addr,
-        dst_addr: if hairpin { flow.dst } else { flow.src },
+        dst_addr: src,
         src_port: port,
         dst_port: flow.src_port,
         proto: flow.proto,
         direction: CT_REPLY,
         _pad: [0; 2],
     };
-    let to_frontend = NatEntry {
-        addr: flow.dst,
-        port: flow.dst_port,
-        flags,
+    // Reply entry first: once the forward entry exists, packets may reach
+    // the backend and its answer must find the way back.
+    if CONNTRACK.insert(&reply_key, &to_frontend, 0).is_err() {
+        count_drop(DropReason::ConntrackFull);
+    }
+    let to_backend = NatEntry {
+        src_addr: src,
+        src_port: flow.src_port,
+        dst_addr: addr,
+        dst_port: port,
+        flags: to_frontend.flags,
         backend_id,
         service_id,
         ..NatEntry::default()
     };
-    // Reply entry first: once the forward entry exists, packets may reach
-    // the backend and its answer must find the way back.
-    if CONNTRACK.insert(&reply_key, &to_frontend, 0).is_err()
-        || CONNTRACK.insert(&forward, &to_backend, 0).is_err()
-    {
+    if CONNTRACK.insert(&forward, &to_backend, 0).is_err() {
         // Still translate: the hash gives the same backend next time.
         count_drop(DropReason::ConntrackFull);
     }
     count_service(service_id, packet_len, false);
-    Verdict::Rewrite(Rewrite {
-        dst: true,
-        addr,
-        port,
-        hairpin,
-    })
+    rw.set(&to_backend)
+}
+
+/// Completes a `Verdict::Snat`: picks the node's SNAT address and a free
+/// pool port, claims the port by inserting the flow's reply entry, then
+/// the forward entry, and fills in `rw`'s source. A port is free when no
+/// reply entry from that backend to it exists, or the one there belongs to
+/// a flow that is over. Probes a bounded number of ports from a hash of
+/// the flow. False: no port (counted; the packet is dropped and the
+/// client's retransmission tries again).
+#[inline(never)]
+pub fn snat(flow: &Flow, rw: &mut Rewrite) -> bool {
+    let Some(cfg) = SNAT_CONFIG.get(0) else {
+        return false;
+    };
+    let addr = if flow.is_v6 { cfg.addr_v6 } else { cfg.addr_v4 };
+    if addr == [0; 16] || cfg.port_max < cfg.port_min {
+        count_drop(DropReason::SnatPortsExhausted);
+        return false;
+    }
+    let reply = NatEntry {
+        src_addr: flow.dst,
+        src_port: flow.dst_port,
+        dst_addr: flow.src,
+        dst_port: flow.src_port,
+        flags: SNAT,
+        backend_id: rw.backend_id,
+        service_id: rw.service_id,
+        last_seen_s: now_s(),
+        ..NatEntry::default()
+    };
+    let pool = u32::from(cfg.port_max - cfg.port_min) + 1;
+    let start = flow_hash(flow);
+    let mut key = FlowKey {
+        src_addr: rw.dst,
+        dst_addr: addr,
+        src_port: rw.dst_port,
+        dst_port: 0,
+        proto: flow.proto,
+        direction: CT_REPLY,
+        _pad: [0; 2],
+    };
+    let mut chosen = None;
+    for i in 0..SNAT_PROBES {
+        let port = (cfg.port_min + (start.wrapping_add(i) % pool) as u16).to_be();
+        key.dst_port = port;
+        let claimed = match unsafe { CONNTRACK.get(&key) } {
+            None => CONNTRACK
+                .insert(&key, &reply, u64::from(BPF_NOEXIST))
+                .is_ok(),
+            Some(old) if is_over(old, flow.proto, reply.last_seen_s) => {
+                CONNTRACK.insert(&key, &reply, 0).is_ok()
+            }
+            Some(_) => false,
+        };
+        if claimed {
+            chosen = Some(port);
+            break;
+        }
+    }
+    let Some(port) = chosen else {
+        count_drop(DropReason::SnatPortsExhausted);
+        return false;
+    };
+    let forward = NatEntry {
+        src_addr: addr,
+        src_port: port,
+        dst_addr: rw.dst,
+        dst_port: rw.dst_port,
+        flags: SNAT,
+        backend_id: rw.backend_id,
+        service_id: rw.service_id,
+        ..NatEntry::default()
+    };
+    if CONNTRACK
+        .insert(&flow_key(flow, CT_FORWARD), &forward, 0)
+        .is_err()
+    {
+        count_drop(DropReason::ConntrackFull);
+    }
+    rw.set(&forward);
+    true
+}
+
+/// Whether a SNATed flow's port may be given to another flow.
+#[inline(always)]
+fn is_over(entry: &NatEntry, proto: u8, now: u32) -> bool {
+    let hold = if entry.flags & CLOSING != 0 {
+        SNAT_CLOSED_HOLD_S
+    } else if proto == PROTO_TCP {
+        SNAT_TCP_IDLE_S
+    } else {
+        SNAT_UDP_IDLE_S
+    };
+    now.wrapping_sub(entry.last_seen_s) > hold
+}
+
+/// loadBalancerSourceRanges: whether any of the service's prefixes holds
+/// the client.
+#[inline(always)]
+fn source_allowed(service_id: u32, client: &[u8; 16]) -> bool {
+    let key = aya_ebpf::maps::lpm_trie::Key::new(
+        32 + 128,
+        SourceRangeKey {
+            service_id: service_id.to_be_bytes(),
+            addr: *client,
+        },
+    );
+    SOURCE_RANGES.get(&key).is_some()
+}
+
+#[inline(always)]
+fn now_s() -> u32 {
+    // SAFETY: a helper without arguments.
+    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
 }
 
 /// The backend for a new flow: under ClientIP affinity the client's recent

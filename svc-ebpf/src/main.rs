@@ -23,7 +23,7 @@ use aya_ebpf::{
 
 use aya_log_ebpf::warn;
 
-use crate::lb::Verdict;
+use crate::lb::{Origin, Verdict};
 
 #[xdp]
 pub fn svc_xdp(ctx: XdpContext) -> u32 {
@@ -31,10 +31,20 @@ pub fn svc_xdp(ctx: XdpContext) -> u32 {
     let Some(flow) = packet::parse(data, data_end) else {
         return xdp_action::XDP_PASS;
     };
-    match lb::decide(&flow, (data_end - data) as u32) {
-        Verdict::Pass => xdp_action::XDP_PASS,
+    let Some(rw) = maps::REWRITE.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's slot, used by one packet at a time.
+    let rw = unsafe { &mut *rw };
+    let verdict = match lb::decide(&flow, (data_end - data) as u32, Origin::Uplink, rw) {
+        Verdict::Snat if !lb::snat(&flow, rw) => Verdict::Drop,
+        Verdict::Snat => Verdict::Rewrite,
+        v => v,
+    };
+    match verdict {
+        Verdict::Pass | Verdict::Snat => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Rewrite(rw) => match xdp_rewrite::apply(&ctx, &flow, &rw) {
+        Verdict::Rewrite => match xdp_rewrite::apply(&ctx, &flow, rw) {
             Ok(()) => xdp_action::XDP_PASS,
             Err(()) => {
                 lb::count_drop(svc_common::DropReason::RewriteFailed);
@@ -50,10 +60,16 @@ pub fn svc_tc(ctx: TcContext) -> i32 {
     let Some(flow) = tc_rewrite::parse(&ctx) else {
         return TC_ACT_OK;
     };
-    match lb::decide(&flow, ctx.len()) {
-        Verdict::Pass => TC_ACT_OK,
+    let Some(rw) = maps::REWRITE.get_ptr_mut(0) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: this CPU's slot, used by one packet at a time.
+    let rw = unsafe { &mut *rw };
+    match lb::decide(&flow, ctx.len(), Origin::Pod, rw) {
+        // Only traffic from uplinks is SNATed.
+        Verdict::Pass | Verdict::Snat => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
-        Verdict::Rewrite(rw) => match tc_rewrite::apply(&ctx, &flow, &rw) {
+        Verdict::Rewrite => match tc_rewrite::apply(&ctx, &flow, rw) {
             Ok(()) => TC_ACT_OK,
             Err(()) => {
                 lb::count_drop(svc_common::DropReason::RewriteFailed);

@@ -2,12 +2,12 @@
 //! one set of map instances).
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use svc_common::{
     AffinityKey, AffinityValue, Backend, DropReason, FlowKey, MAX_AFFINITY, MAX_BACKENDS,
-    MAX_CONNTRACK, MAX_SERVICE_SLOTS, MAX_SERVICES, MAX_UPLINKS, NatEntry, ServiceKey,
-    ServiceStats, ServiceValue,
+    MAX_CONNTRACK, MAX_SERVICE_SLOTS, MAX_SERVICES, MAX_SOURCE_RANGES, MAX_UPLINKS, NatEntry,
+    ServiceKey, ServiceStats, ServiceValue, SnatConfig, SourceRangeKey,
 };
 
 #[map]
@@ -36,3 +36,22 @@ pub static VIRTUAL_UPLINKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UP
 #[map]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(MAX_AFFINITY, 0);
+
+/// The node's SNAT addresses and port pool (one entry).
+#[map]
+pub static SNAT_CONFIG: Array<SnatConfig> = Array::with_max_entries(1, 0);
+
+/// loadBalancerSourceRanges of every frontend that has them.
+#[map]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
+    LpmTrie::with_max_entries(MAX_SOURCE_RANGES, 0);
+
+/// ifindex -> 1 for uplinks XDP may send translated packets out of itself
+/// (found with a FIB lookup), instead of handing them to the stack.
+#[map]
+pub static XDP_FORWARD: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UPLINKS, 0);
+
+/// Scratch space for the rewrite a packet gets (per CPU: one packet at a
+/// time), so it does not take 40 bytes of the programs' 512-byte stack.
+#[map]
+pub static REWRITE: PerCpuArray<crate::lb::Rewrite> = PerCpuArray::with_max_entries(1, 0);

@@ -30,7 +30,13 @@ pub struct Flow {
     pub dst_port: u16,
     /// TCP/UDP length as the pseudo-header counts it.
     pub l4_len: u16,
+    /// TCP's flags byte (FIN, SYN, RST, ...); 0 for UDP.
+    pub tcp_flags: u8,
 }
+
+/// Bits of [`Flow::tcp_flags`].
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
 
 impl Flow {
     /// Offset of the L4 checksum field.
@@ -161,6 +167,11 @@ pub fn parse(data: usize, end: usize) -> Option<Flow> {
         return None;
     }
     let ports: [u8; 4] = read(data, end, l4_off)?;
+    let tcp_flags = if proto == PROTO_TCP {
+        read::<[u8; 1]>(data, end, l4_off + 13)?[0]
+    } else {
+        0
+    };
     Some(Flow {
         l3_off,
         l4_off,
@@ -171,5 +182,6 @@ pub fn parse(data: usize, end: usize) -> Option<Flow> {
         src_port: u16::from_ne_bytes([ports[0], ports[1]]),
         dst_port: u16::from_ne_bytes([ports[2], ports[3]]),
         l4_len,
+        tcp_flags,
     })
 }

@@ -42,30 +42,27 @@ pub fn apply(ctx: &TcContext, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
     } else {
         0
     };
-    let (old_addr, old_port) = if rw.dst {
-        (&flow.dst, flow.dst_port)
-    } else {
-        (&flow.src, flow.src_port)
-    };
-    rewrite_addr(ctx, flow, rw.dst, old_addr, &rw.addr, mangled)?;
-    if rw.hairpin {
-        // The other side: source -> frontend (in), destination -> client (out).
-        let (old, new) = if rw.dst {
-            (&flow.src, &flow.dst)
-        } else {
-            (&flow.dst, &flow.src)
-        };
-        rewrite_addr(ctx, flow, !rw.dst, old, new, mangled)?;
+    if rw.src != flow.src {
+        rewrite_addr(ctx, flow, false, &flow.src, &rw.src, mangled)?;
     }
-    ctx.l4_csum_replace(
-        flow.l4_csum_off(),
-        u64::from(old_port),
-        u64::from(rw.port),
-        mangled | 2,
-    )
-    .map_err(|_| ())?;
-    ctx.store(flow.port_off(rw.dst), &rw.port, 0)
-        .map_err(|_| ())?;
+    if rw.dst != flow.dst {
+        rewrite_addr(ctx, flow, true, &flow.dst, &rw.dst, mangled)?;
+    }
+    for (dst, old, new) in [
+        (false, flow.src_port, rw.src_port),
+        (true, flow.dst_port, rw.dst_port),
+    ] {
+        if old != new {
+            ctx.l4_csum_replace(
+                flow.l4_csum_off(),
+                u64::from(old),
+                u64::from(new),
+                mangled | 2,
+            )
+            .map_err(|_| ())?;
+            ctx.store(flow.port_off(dst), &new, 0).map_err(|_| ())?;
+        }
+    }
     Ok(())
 }
 

@@ -28,9 +28,7 @@ use crate::{lb::Rewrite, maps::VIRTUAL_UPLINKS, packet::Flow, packet::ptr_at};
 #[inline(never)]
 pub fn apply(ctx: &XdpContext, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
     let (data, end) = (ctx.data(), ctx.data_end());
-    let old_port = if rw.dst { flow.dst_port } else { flow.src_port };
     let l4_csum: *mut u16 = ptr_at(data, end, flow.l4_csum_off()).ok_or(())?;
-    let port: *mut u16 = ptr_at(data, end, flow.port_off(rw.dst)).ok_or(())?;
     // SAFETY (all accesses below): each pointer came from ptr_at, which
     // checked that the whole value lies inside the packet.
     let check = unsafe { read_unaligned(l4_csum) };
@@ -40,16 +38,26 @@ pub fn apply(ctx: &XdpContext, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
         .get_ptr(&(ctx.ingress_ifindex() as u32))
         .is_some();
     let partial = virtual_uplink && holds_pseudo_header_sum(flow, check);
-    let old_addr = if rw.dst { &flow.dst } else { &flow.src };
-    let mut addr_diff = rewrite_addr(data, end, flow, rw.dst, old_addr, &rw.addr)?;
-    if rw.hairpin {
-        // The other side: source -> frontend (in), destination -> client (out).
-        let (old, new) = if rw.dst {
-            (&flow.src, &flow.dst)
-        } else {
-            (&flow.dst, &flow.src)
-        };
-        addr_diff = addr_diff.add(rewrite_addr(data, end, flow, !rw.dst, old, new)?);
+
+    // Addresses change the pseudo-header (both kinds of checksum), ports
+    // only the L4 bytes (full checksums only).
+    let mut addr_diff = Diff::new();
+    if rw.src != flow.src {
+        addr_diff = addr_diff.add(rewrite_addr(ctx, flow, false, &flow.src, &rw.src)?);
+    }
+    if rw.dst != flow.dst {
+        addr_diff = addr_diff.add(rewrite_addr(ctx, flow, true, &flow.dst, &rw.dst)?);
+    }
+    let mut port_diff = Diff::new();
+    if flow.src_port != rw.src_port {
+        let port: *mut u16 = ptr_at(data, end, flow.port_off(false)).ok_or(())?;
+        unsafe { write_unaligned(port, rw.src_port) };
+        port_diff = port_diff.word(flow.src_port, rw.src_port);
+    }
+    if flow.dst_port != rw.dst_port {
+        let port: *mut u16 = ptr_at(data, end, flow.port_off(true)).ok_or(())?;
+        unsafe { write_unaligned(port, rw.dst_port) };
+        port_diff = port_diff.word(flow.dst_port, rw.dst_port);
     }
 
     let new_check = if check == 0 && flow.proto == PROTO_UDP {
@@ -58,7 +66,7 @@ pub fn apply(ctx: &XdpContext, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
     } else if partial {
         addr_diff.apply_partial(check)
     } else {
-        let full = addr_diff.word(old_port, rw.port).apply_full(check);
+        let full = addr_diff.add(port_diff).apply_full(check);
         // A computed UDP checksum of 0 is sent as 0xffff (RFC 768).
         if full == 0 && flow.proto == PROTO_UDP {
             0xffff
@@ -66,10 +74,7 @@ pub fn apply(ctx: &XdpContext, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
             full
         }
     };
-    unsafe {
-        write_unaligned(port, rw.port);
-        write_unaligned(l4_csum, new_check);
-    }
+    unsafe { write_unaligned(l4_csum, new_check) };
     Ok(())
 }
 
@@ -77,13 +82,13 @@ pub fn apply(ctx: &XdpContext, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
 /// checksum; returns the change, for the L4 checksum's pseudo-header part.
 #[inline(always)]
 fn rewrite_addr(
-    data: usize,
-    end: usize,
+    ctx: &XdpContext,
     flow: &Flow,
     dst: bool,
     old: &[u8; 16],
     new: &[u8; 16],
 ) -> Result<Diff, ()> {
+    let (data, end) = (ctx.data(), ctx.data_end());
     if flow.is_v6 {
         let addr: *mut [u8; 16] = ptr_at(data, end, flow.addr_off(dst)).ok_or(())?;
         // SAFETY: ptr_at checked the bounds.

@@ -45,7 +45,13 @@ pub struct Spec {
     pub payload: Vec<u8>,
     pub csum: Csum,
     pub frag: Frag,
+    /// TCP's flags byte (PSH|ACK unless set).
+    pub tcp_flags: u8,
 }
+
+/// TCP flags for `Spec::tcp_flags`.
+pub const PSH_ACK: u8 = 0x18;
+pub const FIN_ACK: u8 = 0x11;
 
 impl Spec {
     pub fn new(proto: u8, src: &str, dst: &str) -> Self {
@@ -58,6 +64,7 @@ impl Spec {
             payload: b"hello, service".to_vec(),
             csum: Csum::Full,
             frag: Frag::None,
+            tcp_flags: PSH_ACK,
         }
     }
 
@@ -154,7 +161,7 @@ impl Spec {
         let field = if self.proto == TCP {
             seg.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
             seg.extend_from_slice(&0x0a0b_0c0du32.to_be_bytes()); // ack
-            seg.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]); // PSH|ACK
+            seg.extend_from_slice(&[0x50, self.tcp_flags, 0xff, 0xff, 0, 0, 0, 0]);
             16
         } else {
             seg.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());

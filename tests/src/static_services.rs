@@ -4,12 +4,13 @@
 //!
 //! Syntax: `FRONTEND/PROTO=BACKEND[,BACKEND...]`, addresses as Rust's
 //! `SocketAddr` writes them, e.g. `10.96.0.10:80/tcp=10.244.1.2:8080` or
-//! `[fd00:96::10]:80/udp=[fd00:244:1::2]:8080,[fd00:244:1::3]:8080`.
+//! `[fd00:96::10]:80/udp=[fd00:244:1::2]:8080,[fd00:244:1::3]:8080`. A
+//! backend on another node ends in `@remote`: `10.244.2.5:8080@remote`.
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use svc_agent::{
-    dataplane::{Dataplane, Frontend, Settings},
+    dataplane::{Dataplane, Endpoint, Frontend, Settings},
     model::{Desired, ServicePortName, Target},
     reconcile::Reconciler,
 };
@@ -17,7 +18,7 @@ use svc_agent::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StaticService {
     pub frontend: Frontend,
-    pub backends: Vec<SocketAddr>,
+    pub backends: Vec<Endpoint>,
 }
 
 impl std::str::FromStr for StaticService {
@@ -36,11 +37,18 @@ impl std::str::FromStr for StaticService {
         let backends = backs
             .split(',')
             .filter(|b| !b.is_empty())
-            .map(|b| b.parse().with_context(|| format!("backend {b:?}")))
-            .collect::<Result<Vec<SocketAddr>>>()?;
+            .map(|b| {
+                let (addr, local) = match b.strip_suffix("@remote") {
+                    Some(a) => (a, false),
+                    None => (b, true),
+                };
+                let addr: SocketAddr = addr.parse().with_context(|| format!("backend {b:?}"))?;
+                Ok(Endpoint { addr, local })
+            })
+            .collect::<Result<Vec<Endpoint>>>()?;
         if backends
             .iter()
-            .any(|b| b.is_ipv4() != frontend.addr.is_ipv4())
+            .any(|b| b.addr.is_ipv4() != frontend.addr.is_ipv4())
         {
             bail!("{s:?}: backends must be of the frontend's address family");
         }
@@ -63,6 +71,7 @@ pub fn desired(services: &[StaticService]) -> Result<Desired> {
             },
             backends,
             settings: Settings::default(),
+            source_ranges: Vec::new(),
         };
         if out.insert(svc.frontend, target).is_some() {
             bail!("frontend {:?} given twice", svc.frontend);
@@ -95,7 +104,10 @@ mod tests {
         assert_eq!(s.backends.len(), 2);
         let s: StaticService = "[fd00:96::10]:53/UDP=[fd00:244:1::2]:5353".parse().unwrap();
         assert_eq!(s.frontend.proto, Protocol::Udp);
-        assert_eq!(s.backends, vec!["[fd00:244:1::2]:5353".parse().unwrap()]);
+        let b: SocketAddr = "[fd00:244:1::2]:5353".parse().unwrap();
+        assert_eq!(s.backends, vec![Endpoint::from(b)]);
+        let s: StaticService = "10.96.0.10:80/tcp=10.244.2.2:80@remote".parse().unwrap();
+        assert!(!s.backends[0].local);
     }
 
     #[test]
@@ -116,10 +128,9 @@ mod tests {
             .parse()
             .unwrap();
         let d = desired(std::slice::from_ref(&a)).unwrap();
-        let want: Vec<SocketAddr> = vec![
-            "10.244.1.2:80".parse().unwrap(),
-            "10.244.1.3:80".parse().unwrap(),
-        ];
+        let want: Vec<Endpoint> = ["10.244.1.2:80", "10.244.1.3:80"]
+            .map(|b| b.parse::<SocketAddr>().unwrap().into())
+            .to_vec();
         assert_eq!(d[&a.frontend].backends, want);
         assert!(desired(&[a.clone(), a]).is_err());
     }

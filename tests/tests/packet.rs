@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use svc_common::DropReason;
 use tests::{
-    packet::{Csum, Frag, Spec, TCP, UDP, diff},
+    packet::{Csum, FIN_ACK, Frag, Spec, TCP, UDP, diff},
     progtest::{Action, Fixture, HOOKS, Hook, loopback},
 };
 
@@ -314,8 +314,11 @@ fn flows_stay_on_their_backend_until_it_is_removed() {
 
         // A third backend, listed first: the hash now maps flows elsewhere,
         // but established flows stay where they are.
-        f.dp.set_backend(100, "10.244.1.23:8080".parse().unwrap())
-            .unwrap();
+        f.dp.set_backend(
+            100,
+            "10.244.1.23:8080".parse::<std::net::SocketAddr>().unwrap(),
+        )
+        .unwrap();
         f.dp.set_service(&frontend, 0, Settings::default(), &[100, 2, 1])
             .unwrap();
         for (s, was) in flows.iter().zip(&first) {
@@ -470,7 +473,8 @@ fn client_ip_affinity_keeps_a_client_on_one_backend_until_it_expires() {
     for hook in HOOKS {
         let mut f = Fixture::new();
         for (id, b) in [(1, BACKENDS4[0]), (2, BACKENDS4[1])] {
-            f.dp.set_backend(id, b.parse().unwrap()).unwrap();
+            f.dp.set_backend(id, b.parse::<std::net::SocketAddr>().unwrap())
+                .unwrap();
         }
         let sticky = Settings {
             flags: AFFINITY,
@@ -518,4 +522,179 @@ fn client_ip_affinity_keeps_a_client_on_one_backend_until_it_expires() {
             "{hook:?}: affinity outlived its timeout"
         );
     }
+}
+
+const NODE4: &str = "192.0.2.1";
+const NODE6: &str = "2001:db8::1";
+
+/// A NodePort whose only backend runs on another node, on TCP and UDP and
+/// both families, and SNAT to the node's addresses with `ports`.
+fn remote_fixture(ports: std::ops::RangeInclusive<u16>) -> Fixture {
+    let mut f = Fixture::new();
+    f.services(&[
+        "192.0.2.1:30080/tcp=10.244.2.21:8080@remote",
+        "192.0.2.1:30080/udp=10.244.2.21:8080@remote",
+        "[2001:db8::1]:30080/tcp=[fd00:244:2::21]:8080@remote",
+        "[2001:db8::1]:30080/udp=[fd00:244:2::21]:8080@remote",
+    ]);
+    f.dp.set_snat(
+        Some(NODE4.parse().unwrap()),
+        Some(NODE6.parse().unwrap()),
+        ports,
+    )
+    .unwrap();
+    f
+}
+
+fn remote_packets() -> Vec<Spec> {
+    vec![
+        Spec::tcp(CLIENT4, "192.0.2.1:30080"),
+        Spec::udp(CLIENT4, "192.0.2.1:30080"),
+        Spec::tcp(CLIENT6, "[2001:db8::1]:30080"),
+        Spec::udp(CLIENT6, "[2001:db8::1]:30080"),
+    ]
+}
+
+fn remote_backend(spec: &Spec) -> SocketAddr {
+    if spec.dst.is_ipv4() {
+        "10.244.2.21:8080".parse().unwrap()
+    } else {
+        "[fd00:244:2::21]:8080".parse().unwrap()
+    }
+}
+
+/// Asserts `out` is `spec` sent to its remote backend from the node's
+/// address and a port of `pool`; returns that source.
+fn assert_snat(spec: &Spec, out: &[u8], pool: std::ops::RangeInclusive<u16>) -> SocketAddr {
+    let node: std::net::IpAddr = if spec.dst.is_ipv4() { NODE4 } else { NODE6 }
+        .parse()
+        .unwrap();
+    let to_backend = spec.with_dst(remote_backend(spec));
+    for port in pool {
+        let src = SocketAddr::new(node, port);
+        if out == to_backend.with_src(src).build().as_slice() {
+            return src;
+        }
+    }
+    panic!(
+        "{spec:?} not SNATed to {node} and a pool port: {}",
+        diff(
+            out,
+            &to_backend.with_src(SocketAddr::new(node, 61000)).build()
+        )
+    );
+}
+
+#[test]
+fn from_uplinks_remote_backends_are_snatted_and_their_replies_restored() {
+    let pool = 61000..=61015;
+    let mut f = remote_fixture(pool.clone());
+    for spec in remote_packets() {
+        let (a, out) = f.run(Hook::Xdp, &spec.build());
+        assert_eq!(a, Action::Pass);
+        let source = assert_snat(&spec, &out, pool.clone());
+        // The same flow keeps its port.
+        let (_, again) = f.run(Hook::Xdp, &spec.build());
+        assert_eq!(assert_snat(&spec, &again, pool.clone()), source);
+        // The backend answers the node; the reply goes back to the client
+        // from the frontend, ports included.
+        let reply = spec
+            .with_dst(remote_backend(&spec))
+            .with_src(source)
+            .reply();
+        for hook in HOOKS {
+            let (a, out) = f.run(hook, &reply.build());
+            let want = spec.reply().build();
+            assert_eq!(a, Action::Pass);
+            assert!(out == want, "{hook:?} reply: {}", diff(&out, &want));
+        }
+    }
+    // From a pod (tcx), the same backend is reached with the pod's own
+    // address: only traffic from outside the node needs SNAT.
+    for mut spec in remote_packets() {
+        spec.src = if spec.src.is_ipv4() {
+            "10.244.1.10:41000"
+        } else {
+            "[fd00:244:1::10]:41000"
+        }
+        .parse()
+        .unwrap();
+        let (a, out) = f.run(Hook::Tc, &spec.build());
+        let want = spec.with_dst(remote_backend(&spec)).build();
+        assert_eq!(a, Action::Pass);
+        assert!(out == want, "tc: {}", diff(&out, &want));
+    }
+}
+
+#[test]
+fn snat_ports_run_out_loudly_and_are_reused_once_flows_end() {
+    let pool = 61000..=61001;
+    let mut f = remote_fixture(pool.clone());
+    let flow = |port: u16| {
+        let mut s = Spec::tcp(CLIENT4, "192.0.2.1:30080");
+        s.src.set_port(port);
+        s
+    };
+    let mut sources = Vec::new();
+    for port in [40001, 40002] {
+        let (a, out) = f.run(Hook::Xdp, &flow(port).build());
+        assert_eq!(a, Action::Pass);
+        sources.push(assert_snat(&flow(port), &out, pool.clone()));
+    }
+    assert_ne!(sources[0], sources[1]);
+    // Both ports are taken: a third flow is dropped and counted, never
+    // sent out with a port another flow holds.
+    let (a, _) = f.run(Hook::Xdp, &flow(40003).build());
+    assert_eq!(a, Action::Drop);
+    let drops = f.dp.drop_stats().unwrap();
+    assert!(
+        drops.contains(&(DropReason::SnatPortsExhausted, 1)),
+        "{drops:?}"
+    );
+    // The backend closes the first flow (FIN); once the hold time has
+    // passed, its port serves a new flow.
+    let mut fin = flow(40001)
+        .with_dst(remote_backend(&flow(40001)))
+        .with_src(sources[0])
+        .reply();
+    fin.tcp_flags = FIN_ACK;
+    assert_eq!(f.run(Hook::Xdp, &fin.build()).0, Action::Pass);
+    std::thread::sleep(std::time::Duration::from_secs(
+        u64::from(svc_common::SNAT_CLOSED_HOLD_S) + 1,
+    ));
+    let (a, out) = f.run(Hook::Xdp, &flow(40003).build());
+    assert_eq!(a, Action::Pass);
+    assert_eq!(assert_snat(&flow(40003), &out, pool.clone()), sources[0]);
+    // The second flow, still open, keeps its port.
+    let (_, out) = f.run(Hook::Xdp, &flow(40002).build());
+    assert_eq!(assert_snat(&flow(40002), &out, pool), sources[1]);
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_only_their_clients() {
+    let mut f = fixture();
+    // VIP4 (service id 0, the first frontend) admits 192.0.2.0/28 only.
+    let vip: svc_agent::dataplane::Frontend = svc_agent::dataplane::Frontend {
+        addr: VIP4.parse().unwrap(),
+        proto: svc_agent::dataplane::Protocol::Tcp,
+    };
+    f.dp.set_source_ranges(0, &[("192.0.2.0".parse().unwrap(), 28)], &[])
+        .unwrap();
+    let settings = svc_agent::dataplane::Settings {
+        flags: svc_common::service_flags::SOURCE_RANGES,
+        affinity_timeout_s: 0,
+    };
+    f.dp.set_service(&vip, 0, settings, &[1, 2]).unwrap();
+    for hook in HOOKS {
+        let allowed = Spec::tcp(CLIENT4, VIP4); // 192.0.2.2
+        let (a, out) = f.run(hook, &allowed.build());
+        assert_dnat(hook, &allowed, a, &out);
+        let denied = Spec::tcp("192.0.2.77:40000", VIP4);
+        assert_eq!(f.run(hook, &denied.build()).0, Action::Drop, "{hook:?}");
+    }
+    let drops = f.dp.drop_stats().unwrap();
+    assert!(
+        drops.contains(&(DropReason::SourceRangeDenied, 2)),
+        "{drops:?}"
+    );
 }

@@ -30,7 +30,10 @@ enum Task {
         args: Vec<String>,
     },
     /// Measure the programs against baselines, side by side in one run.
-    Bench,
+    Bench {
+        /// Only these parts: costs, throughput, latency, cold-start.
+        parts: Vec<String>,
+    },
     /// The article's example Services, served by the agent in a sandbox.
     Demo,
 }
@@ -58,10 +61,20 @@ fn main() -> Result<()> {
             }
             cargo_test(&cmd)
         }
-        Task::Bench => {
+        Task::Bench { parts } => {
             require_root("the benchmarks")?;
             cargo(&["build", "--release", "--package", "svc-agent"])?;
-            cargo(&["run", "--release", "--package", "tests", "--bin", "bench"])
+            let mut cmd = vec![
+                "run",
+                "--release",
+                "--package",
+                "tests",
+                "--bin",
+                "bench",
+                "--",
+            ];
+            cmd.extend(parts.iter().map(String::as_str));
+            cargo(&cmd)
         }
         Task::Demo => {
             require_root("the demo")?;
