@@ -23,7 +23,7 @@ use crate::{
     api::{self, Snapshot},
     apiserver::{Cidr, ServiceNetwork},
     cluster::{self, ClusterSource},
-    dataplane::{Dataplane, Pins},
+    dataplane::{Dataplane, Pins, XdpForwarding},
     health::Health,
     http_server::{self, HealthHandle, SharedHealth},
     manifest_source::ManifestSource,
@@ -31,6 +31,7 @@ use crate::{
     model::{self, Desired, Node, Problem, SliceIndex},
     netif,
     reconcile::Reconciler,
+    service_health::{self, ServiceHealthServers},
     view::{EventView, ServiceView},
 };
 
@@ -44,6 +45,7 @@ pub struct Config {
     pub nodeport_addresses: Vec<Cidr>,
     /// Source ports for traffic from outside SNATed to the node.
     pub snat_ports: RangeInclusive<u16>,
+    pub xdp_forwarding: XdpForwarding,
     pub uplinks: Vec<String>,
     /// Interface names or globs (`veth*`).
     pub pod_interfaces: Vec<String>,
@@ -123,6 +125,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let mut dp = Dataplane::load_pinned(&cfg.pins)?;
+    dp.set_xdp_forwarding(cfg.xdp_forwarding);
     let _kernel_log = forward_kernel_log(&mut dp);
     let (backends, frontends) = dp.dump()?;
     if !frontends.is_empty() {
@@ -186,12 +189,13 @@ pub async fn run(cfg: Config) -> Result<()> {
         counters: Counters::default(),
         health,
         snat: None,
+        health_checks: ServiceHealthServers::new(),
     };
 
     let mut interfaces = Interfaces::default();
     interfaces.scan(&cfg, &mut dp);
     let mut retry_at = None;
-    if state.source.ready() && !state.sync(&cfg, &mut dp, &snapshot) {
+    if state.source.ready() && !state.sync(&cfg, &mut dp, &snapshot).await {
         retry_at = Some(Instant::now() + RETRY);
     }
 
@@ -225,13 +229,13 @@ pub async fn run(cfg: Config) -> Result<()> {
                 // Coalesce a burst (an editor's write, a relist).
                 tokio::time::sleep(COALESCE).await;
                 while changed.try_recv().is_ok() {}
-                state.sync(&cfg, &mut dp, &snapshot)
+                state.sync(&cfg, &mut dp, &snapshot).await
             }
             _ = resync.tick() => {
                 state.repair_drift(&dp);
-                state.sync(&cfg, &mut dp, &snapshot)
+                state.sync(&cfg, &mut dp, &snapshot).await
             }
-            _ = retry => state.sync(&cfg, &mut dp, &snapshot),
+            _ = retry => state.sync(&cfg, &mut dp, &snapshot).await,
         };
         retry_at = (!ok).then(|| Instant::now() + RETRY);
     }
@@ -276,12 +280,13 @@ struct State {
     health: HealthHandle,
     /// The SNAT addresses last written.
     snat: Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)>,
+    health_checks: ServiceHealthServers,
 }
 
 impl State {
     /// Makes the maps equal to what the source describes; false if some of
     /// it could not be programmed (to be retried).
-    fn sync(&mut self, cfg: &Config, dp: &mut Dataplane, snapshot: &Mutex<Snapshot>) -> bool {
+    async fn sync(&mut self, cfg: &Config, dp: &mut Dataplane, snapshot: &Mutex<Snapshot>) -> bool {
         if !self.source.ready() {
             return true;
         }
@@ -343,6 +348,12 @@ impl State {
             self.counters.reconcile_errors += 1;
         }
         self.desired = desired;
+        // healthCheckNodePorts: kube-proxy answers them with its own
+        // liveness (not the Node's eligibility) and this node's endpoints.
+        let proxy_healthy = self.health.lock().unwrap().health.livez(now).status == 200;
+        let checks =
+            service_health::health_check_ports(&inputs.services, &inputs.slices, &cfg.node_name);
+        self.health_checks.sync(checks, proxy_healthy).await;
         self.report(problems);
         self.publish(&inputs.services, &inputs.slices, snapshot);
         ok

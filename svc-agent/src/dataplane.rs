@@ -191,6 +191,20 @@ pub struct Dataplane {
     snat_config: Array<MapData, SnatConfig>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     xdp_forward: HashMap<MapData, u32, u32>,
+    xdp_forwarding: XdpForwarding,
+}
+
+/// Whether XDP sends translated packets out of an uplink itself (after a
+/// FIB lookup) or hands them to the stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpForwarding {
+    /// On physical uplinks only. Out of a veth, `XDP_TX` and redirects
+    /// arrive only if the peer runs XDP or has GRO on, which the agent
+    /// cannot see from its side.
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 impl Dataplane {
@@ -205,6 +219,9 @@ impl Dataplane {
     /// services and established connections survive agent restarts.
     pub fn load_pinned(pins: &Pins) -> Result<Self> {
         std::fs::create_dir_all(pins.maps_dir())?;
+        for name in remove_incompatible_pins(pins)? {
+            log::warn!("pinned map {name} has another layout than this version's: recreated empty");
+        }
         let paths: Vec<(&str, PathBuf)> =
             MAPS.iter().map(|m| (*m, pins.maps_dir().join(m))).collect();
         let mut loader = EbpfLoader::new();
@@ -231,6 +248,7 @@ impl Dataplane {
             snat_config: Array::try_from(take_map(&mut ebpf, SNAT_CONFIG_MAP)?)?,
             source_ranges: LpmTrie::try_from(take_map(&mut ebpf, SOURCE_RANGES_MAP)?)?,
             xdp_forward: HashMap::try_from(take_map(&mut ebpf, XDP_FORWARD_MAP)?)?,
+            xdp_forwarding: XdpForwarding::default(),
             ebpf,
         })
     }
@@ -299,10 +317,23 @@ impl Dataplane {
     }
 
     /// Tells the XDP program whether `iface` may deliver partial
-    /// checksums (a virtual device, such as a veth: see `netif::is_virtual`).
+    /// checksums (a virtual device, such as a veth: see `netif::is_virtual`)
+    /// and whether it may send translated packets out of it.
     fn note_uplink(&mut self, iface: &str) -> Result<()> {
         let index = crate::netif::index(iface).with_context(|| format!("no interface {iface}"))?;
-        self.set_virtual_uplink(index, crate::netif::is_virtual(iface)?)
+        let is_virtual = crate::netif::is_virtual(iface)?;
+        self.set_virtual_uplink(index, is_virtual)?;
+        let forward = match self.xdp_forwarding {
+            XdpForwarding::On => true,
+            XdpForwarding::Off => false,
+            XdpForwarding::Auto => !is_virtual,
+        };
+        self.set_xdp_forward(index, forward)
+    }
+
+    /// How uplinks attached from now on forward translated packets.
+    pub fn set_xdp_forwarding(&mut self, policy: XdpForwarding) {
+        self.xdp_forwarding = policy;
     }
 
     /// Marks interface `index` as virtual (XDP looks for partial checksums
@@ -661,6 +692,37 @@ fn pin_link(link: FdLink, pin: &Path) -> Result<()> {
 }
 
 /// The link pinned at `pin`, if one is there.
+/// Deletes pinned maps whose type, key, value or size differ from the
+/// embedded object's (left by an agent of another version): reusing them
+/// would fail the load, so an upgrade would stop the agent. Their content
+/// is lost (conntrack and affinity: flows are balanced afresh); every
+/// other map is adopted as it is, and the reconciler rewrites the rest.
+fn remove_incompatible_pins(pins: &Pins) -> Result<Vec<&'static str>> {
+    let object = aya_obj::Object::parse(EBPF_OBJECT).context("parsing the eBPF object")?;
+    let mut removed = Vec::new();
+    for name in MAPS {
+        let path = pins.maps_dir().join(name);
+        if !path.exists() {
+            continue;
+        }
+        let want = object
+            .maps
+            .get(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+        let same = aya::maps::MapInfo::from_pin(&path).is_ok_and(|have| {
+            have.key_size() == want.key_size()
+                && have.value_size() == want.value_size()
+                && have.max_entries() == want.max_entries()
+                && have.map_type().ok().map(|t| t as u32) == Some(want.map_type())
+        });
+        if !same {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
 fn adopt_link(pin: &Path) -> Option<FdLink> {
     if !pin.exists() {
         return None;

@@ -11,7 +11,7 @@ use svc_agent::{
     agent::{self, Config, SourceConfig, unix_now},
     api::{self, Request, Response},
     apiserver::{Cidr, ServiceNetwork},
-    dataplane::Pins,
+    dataplane::{Pins, XdpForwarding},
     kubectl::{self, Output},
 };
 
@@ -63,6 +63,13 @@ enum Command {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Forwarding {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -117,6 +124,11 @@ struct RunArgs {
     /// never clash with the node's own connections).
     #[arg(long, default_value = "61000-65535")]
     snat_port_range: String,
+    /// Whether XDP sends translated packets out of uplinks itself (FIB
+    /// lookup, XDP_TX or redirect) or through the stack. auto: physical
+    /// uplinks only (a veth's peer must run XDP or GRO to receive them).
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_forwarding: Forwarding,
     /// /healthz and /livez, as kube-proxy serves them ("" to disable).
     #[arg(long, default_value = "0.0.0.0:10256")]
     healthz_bind_address: BindAddress,
@@ -292,6 +304,11 @@ fn run(args: RunArgs) -> Result<()> {
         node_name,
         nodeport_addresses: args.nodeport_addresses,
         snat_ports: port_range(&args.snat_port_range, "--snat-port-range")?,
+        xdp_forwarding: match args.xdp_forwarding {
+            Forwarding::Auto => XdpForwarding::Auto,
+            Forwarding::On => XdpForwarding::On,
+            Forwarding::Off => XdpForwarding::Off,
+        },
         uplinks: args.uplinks,
         pod_interfaces: args.pod_interfaces,
         node_ips: args.node_ip,

@@ -3,7 +3,8 @@
 //! One translation core (`packet` parses, `lb` decides) used at two attach
 //! points, each with the writer that suits it:
 //! * `svc_xdp`, on the node's uplinks: rewrites packet memory directly and
-//!   updates checksums by hand (`xdp_rewrite`);
+//!   updates checksums by hand (`xdp_rewrite`), then sends what it can out
+//!   of an uplink itself (`xdp_forward`);
 //! * `svc_tc`, tcx ingress on the node side of pod veths: rewrites through
 //!   the skb helpers, which know the skb's checksum state (`tc_rewrite`).
 #![no_std]
@@ -13,6 +14,7 @@ mod lb;
 mod maps;
 mod packet;
 mod tc_rewrite;
+mod xdp_forward;
 mod xdp_rewrite;
 
 use aya_ebpf::{
@@ -45,7 +47,7 @@ pub fn svc_xdp(ctx: XdpContext) -> u32 {
         Verdict::Pass | Verdict::Snat => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Rewrite => match xdp_rewrite::apply(&ctx, &flow, rw) {
-            Ok(()) => xdp_action::XDP_PASS,
+            Ok(()) => xdp_forward::forward(&ctx, &flow, rw),
             Err(()) => {
                 lb::count_drop(svc_common::DropReason::RewriteFailed);
                 warn!(&ctx, "svc_xdp: rewrite failed, packet dropped");

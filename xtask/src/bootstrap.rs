@@ -28,6 +28,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("iperf3", "iperf3"),
     ("python3", "python3"),
+    ("bpftool", "bpftool"),
 ];
 
 pub fn workspace_root() -> PathBuf {
