@@ -190,7 +190,13 @@ fn admit_one(
 
     st.commit(key, ips, ports);
     svc.spec = Some(spec);
-    svc.status = prev.and_then(|p| p.status.clone());
+    // A manifest's status.loadBalancer stands for what a load-balancer
+    // controller writes through the status subresource (there is none
+    // here); without one, the status stays what it was.
+    let lb_status = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref());
+    if lb_status.is_none_or(|lb| lb.ingress.as_ref().is_none_or(|i| i.is_empty())) {
+        svc.status = prev.and_then(|p| p.status.clone());
+    }
     svc.metadata.creation_timestamp = prev
         .and_then(|p| p.metadata.creation_timestamp.clone())
         .or_else(now);

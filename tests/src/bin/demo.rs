@@ -62,6 +62,7 @@ fn main() -> Result<()> {
     }
     cluster.wait_for_service(&["nodeport-service", "8080:30007/TCP"])?;
     cluster.wait_for_service(&["custom-ip-service", "10.96.0.100"])?;
+    cluster.wait_for_service(&["load-balancer-service", "203.0.113.80"])?;
 
     println!("\n$ svc-agent get services");
     print!("{}", cluster.cli(&["get", "services"])?);
@@ -92,6 +93,20 @@ fn main() -> Result<()> {
         "nodeport-service",
         "192.0.2.1".parse()?,
         30007,
+        true,
+    )?;
+    // The load balancer's address is announced to the outside as routed
+    // to the node (a cloud load balancer or BGP would do this).
+    cluster
+        .sb
+        .external
+        .run(&["ip", "route", "add", "203.0.113.0/24", "via", "192.0.2.1"])?;
+    println!("\n== from outside, to the LoadBalancer's ingress IP (routed to the node)");
+    ask(
+        &cluster,
+        "load-balancer-service",
+        "203.0.113.80".parse()?,
+        80,
         true,
     )?;
     println!("\n(the outside host is {EXTERNAL_V4}; the node is 192.0.2.1)");
