@@ -17,6 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use svc_common::DropReason;
 use log::{info, warn};
 
 use crate::{
@@ -190,6 +191,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         health,
         snat: None,
         health_checks: ServiceHealthServers::new(),
+        drops_seen: BTreeMap::new(),
     };
 
     let mut interfaces = Interfaces::default();
@@ -232,6 +234,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 state.sync(&cfg, &mut dp, &snapshot).await
             }
             _ = resync.tick() => {
+                state.warn_about_new_drops(&cfg, &dp);
                 state.repair_drift(&dp);
                 state.sync(&cfg, &mut dp, &snapshot).await
             }
@@ -281,6 +284,8 @@ struct State {
     /// The SNAT addresses last written.
     snat: Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)>,
     health_checks: ServiceHealthServers,
+    /// Drop counters at the last look, by reason.
+    drops_seen: BTreeMap<&'static str, u64>,
 }
 
 impl State {
@@ -382,6 +387,26 @@ impl State {
                 self.snat = Some((v4, v6));
             }
             Err(e) => warn!("setting the SNAT addresses: {e:#}"),
+        }
+    }
+
+    /// Logs drops that mean the node is short of a resource (SNAT ports,
+    /// conntrack entries), once per sync period, with how many.
+    fn warn_about_new_drops(&mut self, cfg: &Config, dp: &Dataplane) {
+        let Ok(drops) = dp.drop_stats() else { return };
+        for (reason, total) in drops {
+            let seen = self.drops_seen.insert(reason.name(), total).unwrap_or(total);
+            let new = total.saturating_sub(seen);
+            match reason {
+                DropReason::SnatPortsExhausted if new > 0 => warn!(
+                    "{new} new flows from outside to remote backends dropped: no free SNAT port in {:?} (--snat-port-range)",
+                    cfg.snat_ports
+                ),
+                DropReason::ConntrackFull if new > 0 => {
+                    warn!("{new} conntrack inserts failed: the CONNTRACK map is full")
+                }
+                _ => {}
+            }
         }
     }
 
@@ -561,7 +586,7 @@ impl State {
         if let Ok(drops) = dp.drop_stats() {
             let samples: Vec<Sample> = drops
                 .iter()
-                .map(|(r, n)| (vec![("reason", format!("{r:?}"))], *n as f64))
+                .map(|(r, n)| (vec![("reason", r.name().to_string())], *n as f64))
                 .collect();
             e.counter(
                 "svc_agent_dropped_packets_total",
