@@ -3,6 +3,10 @@
 on IPv4 and IPv6 at once, on each given port. Prints "ready" once every
 socket listens.
 
+Except: HTTP GET /client and the UDP datagram "client" are answered with
+the client's address as this server saw it (an IPv4-mapped address shown
+as plain IPv4), for tests of source NAT and externalTrafficPolicy.
+
 usage: pod_server.py NAME PORT [PORT...]
 """
 import socket
@@ -21,7 +25,20 @@ def dual_stack(kind, port):
     return s
 
 
-def serve_http(conn):
+def client_ip(peer):
+    ip = peer[0]
+    if ip.startswith("::ffff:") and "." in ip:
+        ip = ip[len("::ffff:"):]
+    return (ip + "\n").encode()
+
+
+def answer(request_target, peer):
+    if request_target == "client":
+        return client_ip(peer)
+    return body
+
+
+def serve_http(conn, peer):
     with conn:
         conn.settimeout(5)
         data = b""
@@ -33,23 +50,27 @@ def serve_http(conn):
                 data += chunk
         except OSError:
             return
+        # "GET /client HTTP/1.1": the path, without its leading slash.
+        words = data.split(b"\r\n", 1)[0].split()
+        path = words[1].decode(errors="replace") if len(words) > 1 else "/"
+        reply = answer(path.split("?", 1)[0].lstrip("/"), peer)
         conn.sendall(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-            + body
+            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(reply)
+            + reply
         )
 
 
 def tcp_loop(s):
     while True:
-        conn, _ = s.accept()
-        threading.Thread(target=serve_http, args=(conn,), daemon=True).start()
+        conn, peer = s.accept()
+        threading.Thread(target=serve_http, args=(conn, peer), daemon=True).start()
 
 
 def udp_loop(s):
     while True:
-        _, peer = s.recvfrom(65535)
-        s.sendto(body, peer)
+        data, peer = s.recvfrom(65535)
+        s.sendto(answer(data.decode(errors="replace").strip(), peer), peer)
 
 
 for port in ports:

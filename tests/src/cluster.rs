@@ -13,8 +13,12 @@
 //! (visible inside `ip netns exec`, unlike /sys/fs/bpf, which that
 //! remounts). Drop stops the agent, runs `svc-agent cleanup`, unmounts and
 //! removes it all.
+//!
+//! [`Agent`] is that agent process and its directory, on its own: the
+//! multi-node cluster (`multi_node`) runs one per node.
 use std::{
     collections::BTreeMap,
+    ffi::OsStr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -25,7 +29,7 @@ use serde_json::json;
 
 use crate::{
     apiserver_standin::ApiServerStandIn,
-    netns::{self, sh},
+    netns::{self, NetNs, sh},
     sandbox::{Pod, Sandbox, UPLINK},
 };
 
@@ -43,8 +47,7 @@ pub struct Cluster {
     pub dir: PathBuf,
     /// The API server the agent watches, when it watches one.
     pub api: Option<ApiServerStandIn>,
-    agent: Option<Child>,
-    mount_cleanup: u32,
+    agent: Agent,
 }
 
 /// The agent binary: `SVC_AGENT_BIN`, or the one cargo built next to the
@@ -66,25 +69,266 @@ pub fn agent_binary() -> Result<PathBuf> {
     )
 }
 
+/// Polls `done` every 20 ms until it holds (true) or `timeout` passes
+/// (false).
+pub fn poll(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The real `svc-agent` binary run in a node namespace, and its directory
+/// `/run/svc-sandbox/<namespace>/`: state, socket, log (`agent.log`, kept
+/// across restarts) and a bpffs mounted at `bpf/` for its pins. Dropping
+/// it kills the process, runs `svc-agent cleanup`, unmounts and removes the
+/// directory (also on interrupt, the unmount).
+pub struct Agent {
+    /// The network namespace's name.
+    ns: String,
+    dir: PathBuf,
+    child: Option<Child>,
+    /// The interrupt handler's unmount; None once torn down.
+    mount_cleanup: Option<u32>,
+}
+
+impl Agent {
+    /// Makes the directory for an agent in `ns` and mounts its bpffs; no
+    /// process yet.
+    pub fn new(ns: &NetNs) -> Result<Self> {
+        let dir = PathBuf::from("/run/svc-sandbox").join(ns.name());
+        for sub in ["state", "bpf"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let bpf = dir.join("bpf");
+        let bpf_str = bpf.to_string_lossy().into_owned();
+        if let Err(e) = sh(Command::new("mount").args(["-t", "bpf", "bpf", &bpf_str])) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        let mount_cleanup = netns::on_interrupt(&["umount", "-l", &bpf_str]);
+        Ok(Self {
+            ns: ns.name().to_string(),
+            dir,
+            child: None,
+            mount_cleanup: Some(mount_cleanup),
+        })
+    }
+
+    /// `/run/svc-sandbox/<namespace>/`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    /// The bpffs mount; the agent pins under `svc-agent/` in it.
+    pub fn bpffs(&self) -> PathBuf {
+        self.dir.join("bpf")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    /// Starts `svc-agent run ARGS` in the namespace, with this directory's
+    /// `--state-dir`, `--socket` and `--bpffs-dir` added, stderr to the
+    /// log; waits until it answers on its socket.
+    pub fn start<S: AsRef<OsStr>>(&mut self, args: &[S]) -> Result<()> {
+        if self.child.is_some() {
+            bail!("the agent already runs");
+        }
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(agent_binary()?)
+            .arg("run")
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--bpffs-dir")
+            .arg(self.bpffs().join("svc-agent"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting svc-agent")?;
+        let mut exited = None;
+        let answered = poll(Duration::from_secs(20), || {
+            exited = child.try_wait().ok().flatten();
+            exited.is_some() || self.cli(&["get", "services", "-A"]).is_ok()
+        });
+        if let Some(status) = exited {
+            bail!("the agent exited ({status}); agent log:\n{}", self.log());
+        }
+        self.child = Some(child);
+        if !answered {
+            bail!(
+                "timed out waiting for the agent to answer; agent log:\n{}",
+                self.log()
+            );
+        }
+        Ok(())
+    }
+
+    /// The agent's pid (`ip netns exec` execs it), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Stops the agent with SIGTERM, as a DaemonSet rollout would, and
+    /// waits for it to exit.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Kills the agent (SIGKILL), if it runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The agent's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Runs the `svc-agent` CLI against this agent.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = sh(Command::new(agent_binary()?)
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket()))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// GETs `http://127.0.0.1:{port}{path}` in the agent's namespace (its
+    /// health and metrics listeners): status code and body.
+    pub fn node_get(&self, port: u16, path: &str) -> Result<(u16, String)> {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let out = sh(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.ns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ]))?;
+        let out = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+        Ok((
+            code.parse().context("curl's status code")?,
+            body.to_string(),
+        ))
+    }
+
+    /// The frontends in the agent's pinned maps, as "addr/PROTO" → sorted
+    /// backends ("ip:port"), read from outside the agent.
+    pub fn frontends(&self) -> Result<BTreeMap<String, Vec<String>>> {
+        let pins = svc_agent::dataplane::Pins {
+            dir: self.bpffs().join("svc-agent"),
+        };
+        let (backends, frontends) = svc_agent::dataplane::dump_pinned(&pins)?;
+        Ok(frontends
+            .into_iter()
+            .map(|(fe, p)| {
+                let mut bs: Vec<String> = p
+                    .backend_ids
+                    .iter()
+                    .map(|id| {
+                        backends
+                            .get(id)
+                            .map_or(format!("#{id}?"), |a| a.to_string())
+                    })
+                    .collect();
+                bs.sort();
+                let proto = format!("{:?}", fe.proto).to_uppercase();
+                (format!("{}/{proto}", fe.addr), bs)
+            })
+            .collect())
+    }
+
+    /// Polls `done` every 20 ms until it holds or `timeout` passes; the
+    /// error carries the agent's log.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl FnMut() -> bool,
+    ) -> Result<()> {
+        if poll(timeout, done) {
+            return Ok(());
+        }
+        bail!("timed out waiting for {what}; agent log:\n{}", self.log())
+    }
+
+    /// Kills the agent, runs `svc-agent cleanup` (programs detached, pins
+    /// and state removed), unmounts the bpffs and removes the directory.
+    /// Drop does it; call it earlier to do it while the namespace exists.
+    pub fn teardown(&mut self) {
+        self.kill();
+        let Some(mount_cleanup) = self.mount_cleanup.take() else {
+            return;
+        };
+        if let Ok(bin) = agent_binary() {
+            let _ = Command::new(bin)
+                .arg("cleanup")
+                .arg("--bpffs-dir")
+                .arg(self.bpffs().join("svc-agent"))
+                .arg("--state-dir")
+                .arg(self.state_dir())
+                .output();
+        }
+        let _ = Command::new("umount").arg("-l").arg(self.bpffs()).output();
+        netns::forget(mount_cleanup);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
 impl Cluster {
     /// A node with a client pod (`client`, pod number 10); no agent yet.
     pub fn new(tag: &str) -> Result<Self> {
         let mut sb = Sandbox::new(tag)?;
         sb.add_pod("client", 10)?;
-        let dir = PathBuf::from("/run/svc-sandbox").join(sb.node.name());
-        for sub in ["manifests", "state", "bpf"] {
-            std::fs::create_dir_all(dir.join(sub))?;
-        }
-        let bpf = dir.join("bpf");
-        let bpf_str = bpf.to_string_lossy().into_owned();
-        sh(Command::new("mount").args(["-t", "bpf", "bpf", &bpf_str]))?;
-        let mount_cleanup = netns::on_interrupt(&["umount", "-l", &bpf_str]);
+        let agent = Agent::new(&sb.node)?;
+        let dir = agent.dir().to_path_buf();
+        std::fs::create_dir_all(dir.join("manifests"))?;
         Ok(Self {
             sb,
             dir,
             api: None,
-            agent: None,
-            mount_cleanup,
+            agent,
         })
     }
 
@@ -119,79 +363,63 @@ impl Cluster {
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.join("agent.sock")
+        self.agent.socket()
     }
 
     pub fn bpffs(&self) -> PathBuf {
-        self.dir.join("bpf")
+        self.agent.bpffs()
+    }
+
+    /// The agent process and its directory.
+    pub fn agent(&self) -> &Agent {
+        &self.agent
     }
 
     /// Starts `svc-agent run` in the node namespace and waits until it
     /// answers on its socket.
     pub fn start_agent(&mut self) -> Result<()> {
-        if self.agent.is_some() {
-            bail!("the agent already runs");
-        }
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))?;
-        let mut cmd = self.sb.node.command(agent_binary()?.to_str().unwrap());
-        cmd.arg("run");
+        let mut args: Vec<String> = Vec::new();
         if self.api.is_some() {
             // NodePort addresses come from the Node object.
-            cmd.arg("--kubeconfig")
-                .arg(self.dir.join("kubeconfig"))
-                .args(["--hostname-override", NODE_NAME])
-                .args(["--sync-period", &format!("{}ms", SYNC_PERIOD.as_millis())]);
+            args.extend([
+                "--kubeconfig".into(),
+                self.dir.join("kubeconfig").to_string_lossy().into_owned(),
+                "--hostname-override".into(),
+                NODE_NAME.into(),
+                "--sync-period".into(),
+                format!("{}ms", SYNC_PERIOD.as_millis()),
+            ]);
         } else {
-            cmd.arg("--manifests").arg(self.manifests()).args([
-                "--service-cidr",
-                SERVICE_CIDRS,
-                "--node-ip",
-                NODE_IPS,
+            args.extend([
+                "--manifests".into(),
+                self.manifests().to_string_lossy().into_owned(),
+                "--service-cidr".into(),
+                SERVICE_CIDRS.into(),
+                "--node-ip".into(),
+                NODE_IPS.into(),
             ]);
         }
-        let child = cmd
-            .args(["--uplinks", UPLINK, "--pod-interfaces", "vpod*"])
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--bpffs-dir")
-            .arg(self.bpffs().join("svc-agent"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting svc-agent")?;
-        self.agent = Some(child);
-        self.wait_for("the agent to answer", Duration::from_secs(20), || {
-            self.cli(&["get", "services", "-A"]).is_ok()
-        })
+        args.extend(["--uplinks", UPLINK, "--pod-interfaces", "vpod*"].map(String::from));
+        self.agent.start(&args)
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.pid()
     }
 
     /// Stops the agent with SIGTERM, as a DaemonSet rollout would.
     pub fn stop_agent(&mut self) -> Result<()> {
-        if let Some(mut child) = self.agent.take() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            child.wait()?;
-        }
-        Ok(())
+        self.agent.stop()
     }
 
     /// The agent's log so far, for failure messages.
     pub fn agent_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+        self.agent.log()
     }
 
     /// Runs the `svc-agent` CLI against this cluster's agent.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = sh(Command::new(agent_binary()?)
-            .args(args)
-            .arg("--socket")
-            .arg(self.socket()))?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.agent.cli(args)
     }
 
     /// Writes a manifest file atomically (as `kubectl apply` replaces an
@@ -220,47 +448,13 @@ impl Cluster {
     /// GETs `http://127.0.0.1:{port}{path}` from the node namespace (the
     /// agent's health and metrics listeners): status code and body.
     pub fn node_get(&self, port: u16, path: &str) -> Result<(u16, String)> {
-        let url = format!("http://127.0.0.1:{port}{path}");
-        let out = self.sb.node.run(&[
-            "curl",
-            "-sS",
-            "--max-time",
-            "3",
-            "-w",
-            "\n%{http_code}",
-            &url,
-        ])?;
-        let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
-        Ok((
-            code.parse().context("curl's status code")?,
-            body.to_string(),
-        ))
+        self.agent.node_get(port, path)
     }
 
     /// The frontends in the agent's pinned maps, as "addr/PROTO" → sorted
     /// backends ("ip:port"), read from outside the agent.
     pub fn frontends(&self) -> Result<BTreeMap<String, Vec<String>>> {
-        let pins = svc_agent::dataplane::Pins {
-            dir: self.bpffs().join("svc-agent"),
-        };
-        let (backends, frontends) = svc_agent::dataplane::dump_pinned(&pins)?;
-        Ok(frontends
-            .into_iter()
-            .map(|(fe, p)| {
-                let mut bs: Vec<String> = p
-                    .backend_ids
-                    .iter()
-                    .map(|id| {
-                        backends
-                            .get(id)
-                            .map_or(format!("#{id}?"), |a| a.to_string())
-                    })
-                    .collect();
-                bs.sort();
-                let proto = format!("{:?}", fe.proto).to_uppercase();
-                (format!("{}/{proto}", fe.addr), bs)
-            })
-            .collect())
+        self.agent.frontends()
     }
 
     /// The kubelet's part: starts pod `name` (number `n`, see
@@ -333,19 +527,9 @@ impl Cluster {
         &self,
         what: &str,
         timeout: Duration,
-        mut done: impl FnMut() -> bool,
+        done: impl FnMut() -> bool,
     ) -> Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if done() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bail!(
-            "timed out waiting for {what}; agent log:\n{}",
-            self.agent_log()
-        )
+        self.agent.wait_for(what, timeout, done)
     }
 
     /// Waits until `get services` shows a line containing every needle.
@@ -363,24 +547,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(mut child) = self.agent.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.agent.kill();
         // Before the namespace goes: the stand-in's sockets live in it.
         self.api = None;
-        if let Ok(bin) = agent_binary() {
-            let _ = Command::new(bin)
-                .arg("cleanup")
-                .arg("--bpffs-dir")
-                .arg(self.bpffs().join("svc-agent"))
-                .arg("--state-dir")
-                .arg(self.dir.join("state"))
-                .output();
-        }
-        let _ = Command::new("umount").arg("-l").arg(self.bpffs()).output();
-        netns::forget(self.mount_cleanup);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // While the namespace (the programs' interfaces) still exists.
+        self.agent.teardown();
     }
 }
 

@@ -9,7 +9,9 @@
 //! no program is attached to any of its interfaces.
 pub mod apiserver_standin;
 pub mod cluster;
+pub mod fabric;
 pub mod load;
+pub mod multi_node;
 pub mod netns;
 pub mod packet;
 pub mod progtest;

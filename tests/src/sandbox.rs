@@ -48,7 +48,7 @@ pub struct Pod {
 
 /// A namespace set up as a host: IPv6 duplicate address detection off (it
 /// only delays the first packets of a test), loopback up.
-fn host(tag: &str) -> Result<NetNs> {
+pub(crate) fn host(tag: &str) -> Result<NetNs> {
     let ns = NetNs::new(tag)?;
     ns.run(&[
         "sysctl",
@@ -119,76 +119,8 @@ impl Sandbox {
 
     /// Adds pod number `n` (1 < n < 255): 10.244.1.n and fd00:244:1::n.
     pub fn add_pod(&mut self, name: &str, n: u8) -> Result<&mut Pod> {
-        if n < 2 || n == 255 || self.pods.iter().any(|p| p.ipv4.octets()[3] == n) {
-            bail!("pod number {n} is reserved or taken");
-        }
-        let ns = host(&format!("{}-pod{n}", self.tag()))?;
-        let ipv4 = Ipv4Addr::new(10, 244, 1, n);
-        // Pod n's IPv6 address ends in the same digits: pod 21 is ::21.
-        let last = u16::from_str_radix(&n.to_string(), 16).expect("decimal digits are hex");
-        let ipv6 = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, last);
-        let veth = format!("vpod{n}");
-        let node = &self.node;
-        node.run(&[
-            "ip",
-            "link",
-            "add",
-            &veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
-        node.run(&["ip", "addr", "add", "10.244.1.1/32", "dev", &veth])?;
-        node.run(&["ip", "addr", "add", "fe80::1/64", "dev", &veth, "nodad"])?;
-        node.run(&["ip", "link", "set", &veth, "up"])?;
-        node.run(&["ip", "route", "add", &format!("{ipv4}/32"), "dev", &veth])?;
-        node.run(&[
-            "ip",
-            "-6",
-            "route",
-            "add",
-            &format!("{ipv6}/128"),
-            "dev",
-            &veth,
-        ])?;
-        ns.run(&["ip", "addr", "add", &format!("{ipv4}/32"), "dev", "eth0"])?;
-        ns.run(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{ipv6}/128"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        ns.run(&["ip", "link", "set", "eth0", "up"])?;
-        ns.run(&["ip", "route", "add", "10.244.1.1", "dev", "eth0"])?;
-        ns.run(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.244.1.1",
-            "dev",
-            "eth0",
-        ])?;
-        ns.run(&[
-            "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
-        ])?;
-        self.pods.push(Pod {
-            name: name.to_string(),
-            ns,
-            ipv4,
-            ipv6,
-            node_veth: veth,
-            server: None,
-        });
-        Ok(self.pods.last_mut().unwrap())
+        let tag = self.tag();
+        add_pod_to(&self.node, &mut self.pods, &tag, 1, name, n)
     }
 
     /// Loads a dataplane (maps of its own, nothing pinned) and attaches it
@@ -236,6 +168,84 @@ impl Sandbox {
     }
 }
 
+/// Wires pod number `n` (1 < n < 255, not taken in `pods`) to `node` the
+/// way a routed CNI does, in the node's pod range `k`: 10.244.k.n and
+/// fd00:244:k::n (the IPv6 address ends in the same digits: pod 21 is
+/// ::21). The node side of its veth, `vpodN`, holds 10.244.k.1/32 and
+/// fe80::1 (the pod's default gateway), and the node routes the pod's /32
+/// and /128 to it. The pod's namespace is named after `tag`.
+pub(crate) fn add_pod_to<'a>(
+    node: &NetNs,
+    pods: &'a mut Vec<Pod>,
+    tag: &str,
+    k: u8,
+    name: &str,
+    n: u8,
+) -> Result<&'a mut Pod> {
+    if n < 2 || n == 255 || pods.iter().any(|p| p.ipv4.octets()[3] == n) {
+        bail!("pod number {n} is reserved or taken");
+    }
+    let ns = host(&format!("{tag}-pod{n}"))?;
+    let ipv4 = Ipv4Addr::new(10, 244, k, n);
+    let last = u16::from_str_radix(&n.to_string(), 16).expect("decimal digits are hex");
+    let ipv6 = Ipv6Addr::new(0xfd00, 0x244, k.into(), 0, 0, 0, 0, last);
+    let gateway = Ipv4Addr::new(10, 244, k, 1).to_string();
+    let veth = format!("vpod{n}");
+    node.run(&[
+        "ip",
+        "link",
+        "add",
+        &veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
+    node.run(&["ip", "addr", "add", &format!("{gateway}/32"), "dev", &veth])?;
+    node.run(&["ip", "addr", "add", "fe80::1/64", "dev", &veth, "nodad"])?;
+    node.run(&["ip", "link", "set", &veth, "up"])?;
+    node.run(&["ip", "route", "add", &format!("{ipv4}/32"), "dev", &veth])?;
+    node.run(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        &format!("{ipv6}/128"),
+        "dev",
+        &veth,
+    ])?;
+    ns.run(&["ip", "addr", "add", &format!("{ipv4}/32"), "dev", "eth0"])?;
+    ns.run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{ipv6}/128"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    ns.run(&["ip", "link", "set", "eth0", "up"])?;
+    ns.run(&["ip", "route", "add", &gateway, "dev", "eth0"])?;
+    ns.run(&[
+        "ip", "route", "add", "default", "via", &gateway, "dev", "eth0",
+    ])?;
+    ns.run(&[
+        "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+    ])?;
+    pods.push(Pod {
+        name: name.to_string(),
+        ns,
+        ipv4,
+        ipv6,
+        node_veth: veth,
+        server: None,
+    });
+    Ok(pods.last_mut().unwrap())
+}
+
 impl Pod {
     /// Starts the pod's server on `port` (HTTP over TCP and UDP, v4 and
     /// v6), answering with the pod's name; returns once it listens.
@@ -281,9 +291,14 @@ pub fn url(addr: std::net::IpAddr, port: u16) -> String {
 
 /// One HTTP GET with curl from inside `ns`; returns the body.
 pub fn http_get(ns: &NetNs, addr: std::net::IpAddr, port: u16) -> Result<String> {
-    let out = sh(ns
-        .command("curl")
-        .args(["-sS", "--max-time", "5", &url(addr, port)]))?;
+    http_get_path(ns, addr, port, "/")
+}
+
+/// One HTTP GET of `path` (starting with '/') from inside `ns`; returns the
+/// body. The pod server answers `/client` with the client address it saw.
+pub fn http_get_path(ns: &NetNs, addr: std::net::IpAddr, port: u16, path: &str) -> Result<String> {
+    let url = format!("http://{}{path}", std::net::SocketAddr::new(addr, port));
+    let out = sh(ns.command("curl").args(["-sS", "--max-time", "5", &url]))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -301,13 +316,26 @@ pub fn udp_ask_from(
     port: u16,
     src_port: u16,
 ) -> Result<String> {
+    udp_request(ns, addr, port, src_port, "ping")
+}
+
+/// One UDP datagram `payload` from inside `ns`, from `src_port` (0: any);
+/// returns the answer. The pod server answers `client` with the client
+/// address it saw, anything else with its name.
+pub fn udp_request(
+    ns: &NetNs,
+    addr: std::net::IpAddr,
+    port: u16,
+    src_port: u16,
+    payload: &str,
+) -> Result<String> {
     const CLIENT: &str = "import socket, sys\n\
         a = (sys.argv[1], int(sys.argv[2]))\n\
         s = socket.socket(socket.AF_INET6 if ':' in a[0] else socket.AF_INET, socket.SOCK_DGRAM)\n\
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
         s.bind(('', int(sys.argv[3])))\n\
         s.settimeout(3)\n\
-        s.sendto(b'ping', a)\n\
+        s.sendto(sys.argv[4].encode(), a)\n\
         print(s.recv(65535).decode().strip())\n";
     let out = sh(ns.command("python3").args([
         "-c",
@@ -315,6 +343,7 @@ pub fn udp_ask_from(
         &addr.to_string(),
         &port.to_string(),
         &src_port.to_string(),
+        payload,
     ]))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

@@ -23,6 +23,7 @@ mod watch;
 
 use std::{
     fs::File,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, SystemTime},
@@ -90,6 +91,7 @@ pub struct ApiServerStandIn {
     ca_pem: String,
     /// The network namespace, to bind in again on resume().
     netns: File,
+    ip: IpAddr,
     port: u16,
     serving: Mutex<Option<Serving>>,
 }
@@ -97,9 +99,16 @@ pub struct ApiServerStandIn {
 impl ApiServerStandIn {
     /// Serves HTTPS on 127.0.0.1:<free port> inside `ns`.
     pub fn start(ns: &NetNs) -> Result<Self> {
-        let pki = tls::generate().context("making the stand-in's certificates")?;
+        Self::start_on(ns, IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Serves HTTPS on `ip`:<free port> inside `ns` (an address of one of
+    /// its interfaces, so that clients in other namespaces can reach it);
+    /// the certificate and the kubeconfig name that address.
+    pub fn start_on(ns: &NetNs, ip: IpAddr) -> Result<Self> {
+        let pki = tls::generate(ip).context("making the stand-in's certificates")?;
         let netns = ns.enter(|| Ok(File::open("/proc/thread-self/ns/net")?))?;
-        let listener = server::bind_in(&netns, 0)?;
+        let listener = server::bind_in(&netns, ip, 0)?;
         let port = listener.local_addr()?.port();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -135,6 +144,7 @@ impl ApiServerStandIn {
             tls: pki.server_config,
             ca_pem: pki.ca_pem,
             netns,
+            ip,
             port,
             serving: Mutex::new(Some(serving)),
         })
@@ -142,6 +152,11 @@ impl ApiServerStandIn {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Where it listens (the kubeconfig's server).
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
     }
 
     /// The bearer token clients must send.
@@ -161,7 +176,8 @@ impl ApiServerStandIn {
     }
 
     pub fn write_kubeconfig(&self, path: &Path) -> Result<()> {
-        let server = format!("https://127.0.0.1:{}", self.port);
+        // SocketAddr brackets an IPv6 address, as a URL wants.
+        let server = format!("https://{}", self.addr());
         let yaml = kubeconfig::render(&server, &self.ca_pem, &self.shared.token);
         std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))
     }
@@ -223,7 +239,7 @@ impl ApiServerStandIn {
     pub fn resume(&self) -> Result<()> {
         let mut serving = lock(&self.serving);
         if serving.is_none() {
-            let listener = server::bind_in(&self.netns, self.port)?;
+            let listener = server::bind_in(&self.netns, self.ip, self.port)?;
             let runtime = self.runtime.as_ref().context("the runtime is gone")?;
             *serving = Some(Serving::spawn(
                 runtime.handle(),

@@ -3,7 +3,7 @@
 use std::{
     convert::Infallible,
     fs::File,
-    net::{Ipv4Addr, TcpListener},
+    net::{IpAddr, TcpListener},
     os::fd::AsRawFd,
     sync::{
         Arc,
@@ -21,10 +21,10 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{Shared, http};
 
-/// Binds 127.0.0.1:`port` (0: any free port) in the network namespace
-/// `netns` refers to. A socket stays in the namespace it was made in, so
-/// the listener can then be served from any thread.
-pub(crate) fn bind_in(netns: &File, port: u16) -> Result<TcpListener> {
+/// Binds `ip`:`port` (0: any free port) in the network namespace `netns`
+/// refers to. A socket stays in the namespace it was made in, so the
+/// listener can then be served from any thread.
+pub(crate) fn bind_in(netns: &File, ip: IpAddr, port: u16) -> Result<TcpListener> {
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: setns on a valid namespace fd affects only this
@@ -34,8 +34,8 @@ pub(crate) fn bind_in(netns: &File, port: u16) -> Result<TcpListener> {
             }
             // std sets SO_REUSEADDR, so the port can be bound again after
             // stop() even while closed connections linger in TIME_WAIT.
-            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-                .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+            let addr = std::net::SocketAddr::new(ip, port);
+            let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
             listener.set_nonblocking(true)?;
             Ok(listener)
         })

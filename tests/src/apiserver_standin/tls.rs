@@ -1,6 +1,7 @@
 //! A throw-away PKI made at start: a CA (what the kubeconfig trusts) and a
-//! server certificate it signs for 127.0.0.1 and localhost.
-use std::sync::Arc;
+//! server certificate it signs for 127.0.0.1, localhost and the address the
+//! server listens on.
+use std::{net::IpAddr, sync::Arc};
 
 use anyhow::Result;
 use rcgen::{
@@ -15,7 +16,9 @@ pub(crate) struct Pki {
     pub server_config: Arc<ServerConfig>,
 }
 
-pub(crate) fn generate() -> Result<Pki> {
+/// `ip`: the address the server listens on, also a subject alternative
+/// name of its certificate.
+pub(crate) fn generate(ip: IpAddr) -> Result<Pki> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name
         .push(DnType::CommonName, "apiserver-standin-ca");
@@ -23,7 +26,12 @@ pub(crate) fn generate() -> Result<Pki> {
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
 
-    let mut server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])?;
+    let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    if !names.contains(&ip.to_string()) {
+        names.push(ip.to_string());
+    }
+    // rcgen makes a name that parses as an address an IP address SAN.
+    let mut server = CertificateParams::new(names)?;
     server
         .distinguished_name
         .push(DnType::CommonName, "kube-apiserver");
