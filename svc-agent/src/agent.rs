@@ -17,8 +17,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use svc_common::DropReason;
 use log::{info, warn};
+use svc_common::DropReason;
 
 use crate::{
     api::{self, Snapshot},
@@ -46,6 +46,8 @@ pub struct Config {
     pub nodeport_addresses: Vec<Cidr>,
     /// Source ports for traffic from outside SNATed to the node.
     pub snat_ports: RangeInclusive<u16>,
+    /// Seconds a SNAT port rests after the backend closed its flow.
+    pub snat_closed_hold_s: u16,
     pub xdp_forwarding: XdpForwarding,
     pub uplinks: Vec<String>,
     /// Interface names or globs (`veth*`).
@@ -378,7 +380,7 @@ impl State {
         if self.snat == Some((v4, v6)) {
             return;
         }
-        match dp.set_snat(v4, v6, cfg.snat_ports.clone()) {
+        match dp.set_snat(v4, v6, cfg.snat_ports.clone(), cfg.snat_closed_hold_s) {
             Ok(()) => {
                 info!(
                     "SNAT for remote backends: {v4:?} {v6:?}, ports {:?}",
@@ -395,7 +397,10 @@ impl State {
     fn warn_about_new_drops(&mut self, cfg: &Config, dp: &Dataplane) {
         let Ok(drops) = dp.drop_stats() else { return };
         for (reason, total) in drops {
-            let seen = self.drops_seen.insert(reason.name(), total).unwrap_or(total);
+            let seen = self
+                .drops_seen
+                .insert(reason.name(), total)
+                .unwrap_or(total);
             let new = total.saturating_sub(seen);
             match reason {
                 DropReason::SnatPortsExhausted if new > 0 => warn!(
@@ -686,6 +691,12 @@ impl Interfaces {
                 continue;
             }
             let result = if cfg.uplinks.iter().any(|p| netif::glob_match(p, name)) {
+                // SNATed packets carry the node's own address as source
+                // when XDP hands them to the stack to forward: without
+                // accept_local, IPv4 drops them as martians.
+                if let Err(e) = netif::accept_local_source(name) {
+                    warn!("{name}: accept_local: {e} (SNATed traffic may be dropped)");
+                }
                 dp.attach_xdp_pinned(name, &cfg.pins.xdp_link(name))
                     .map(|_| "XDP")
             } else if cfg

@@ -372,18 +372,21 @@ impl Dataplane {
     }
 
     /// The node addresses that traffic from outside to a backend on
-    /// another node is SNATed to, and the pool of source ports.
+    /// another node is SNATed to, the pool of source ports, and how long
+    /// a port rests after its flow was closed.
     pub fn set_snat(
         &mut self,
         v4: Option<Ipv4Addr>,
         v6: Option<Ipv6Addr>,
         ports: RangeInclusive<u16>,
+        closed_hold_s: u16,
     ) -> Result<()> {
         let config = SnatConfig {
             addr_v4: v4.map_or([0; 16], |a| map_addr(a.into())),
             addr_v6: v6.map_or([0; 16], |a| a.octets()),
             port_min: *ports.start(),
             port_max: *ports.end(),
+            closed_hold_s,
             _pad: 0,
         };
         self.snat_config.set(0, &config, 0)?;

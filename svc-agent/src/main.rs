@@ -124,6 +124,11 @@ struct RunArgs {
     /// never clash with the node's own connections).
     #[arg(long, default_value = "61000-65535")]
     snat_port_range: String,
+    /// How long a SNAT port rests after the backend closed its flow, so a
+    /// new flow never meets the backend's TIME_WAIT socket of the old one
+    /// (60 s on Linux).
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    snat_closed_hold: Duration,
     /// Whether XDP sends translated packets out of uplinks itself (FIB
     /// lookup, XDP_TX or redirect) or through the stack. auto: physical
     /// uplinks only (a veth's peer must run XDP or GRO to receive them).
@@ -304,6 +309,8 @@ fn run(args: RunArgs) -> Result<()> {
         node_name,
         nodeport_addresses: args.nodeport_addresses,
         snat_ports: port_range(&args.snat_port_range, "--snat-port-range")?,
+        snat_closed_hold_s: u16::try_from(args.snat_closed_hold.as_secs())
+            .context("--snat-closed-hold: at most 65535 s")?,
         xdp_forwarding: match args.xdp_forwarding {
             Forwarding::Auto => XdpForwarding::Auto,
             Forwarding::On => XdpForwarding::On,

@@ -182,10 +182,9 @@ pub mod nat_flags {
     pub const CLOSING: u16 = 1 << 2;
 }
 
-/// How long a SNAT port stays taken after its flow's last reply: shortly
-/// once the backend closed (FIN/RST), otherwise as long as a quiet but open
-/// connection may plausibly last.
-pub const SNAT_CLOSED_HOLD_S: u32 = 2;
+/// How long a SNAT port stays taken after its flow's last reply, unless
+/// the backend closed it (see `SnatConfig::closed_hold_s`): as long as a
+/// quiet but open connection may plausibly last.
 pub const SNAT_TCP_IDLE_S: u32 = 7_200;
 pub const SNAT_UDP_IDLE_S: u32 = 60;
 /// How many pool ports a new flow tries before giving up.
@@ -201,7 +200,12 @@ pub struct SnatConfig {
     pub addr_v6: [u8; 16],
     pub port_min: u16,
     pub port_max: u16,
-    pub _pad: u32,
+    /// Seconds a port stays taken after the backend closed its flow
+    /// (FIN/RST). The backend's socket lingers in TIME_WAIT (60 s on
+    /// Linux), and a new SYN from the same address and port may be refused
+    /// meanwhile, so the default is that long.
+    pub closed_hold_s: u16,
+    pub _pad: u16,
 }
 
 /// The data of a `SOURCE_RANGES` key (an LPM trie; the prefix length comes

@@ -4,8 +4,8 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use svc_common::{
     AffinityKey, AffinityValue, CT_FORWARD, CT_REPLY, DropReason, FlowKey, NatEntry, PROTO_TCP,
-    SNAT_CLOSED_HOLD_S, SNAT_PROBES, SNAT_TCP_IDLE_S, SNAT_UDP_IDLE_S, ServiceKey, ServiceStats,
-    ServiceValue, SourceRangeKey, backend_flags,
+    SNAT_PROBES, SNAT_TCP_IDLE_S, SNAT_UDP_IDLE_S, ServiceKey, ServiceStats, ServiceValue,
+    SourceRangeKey, backend_flags,
     nat_flags::{CLOSING, HAIRPIN, SNAT},
     service_flags,
 };
@@ -243,7 +243,7 @@ pub fn snat(flow: &Flow, rw: &mut Rewrite) -> bool {
             None => CONNTRACK
                 .insert(&key, &reply, u64::from(BPF_NOEXIST))
                 .is_ok(),
-            Some(old) if is_over(old, flow.proto, reply.last_seen_s) => {
+            Some(old) if is_over(old, flow.proto, reply.last_seen_s, cfg.closed_hold_s) => {
                 CONNTRACK.insert(&key, &reply, 0).is_ok()
             }
             Some(_) => false,
@@ -279,9 +279,9 @@ pub fn snat(flow: &Flow, rw: &mut Rewrite) -> bool {
 
 /// Whether a SNATed flow's port may be given to another flow.
 #[inline(always)]
-fn is_over(entry: &NatEntry, proto: u8, now: u32) -> bool {
+fn is_over(entry: &NatEntry, proto: u8, now: u32, closed_hold_s: u16) -> bool {
     let hold = if entry.flags & CLOSING != 0 {
-        SNAT_CLOSED_HOLD_S
+        u32::from(closed_hold_s)
     } else if proto == PROTO_TCP {
         SNAT_TCP_IDLE_S
     } else {

@@ -393,6 +393,9 @@ impl Cluster {
             args.extend([
                 "--manifests".into(),
                 self.manifests().to_string_lossy().into_owned(),
+                // The kubelet stand-in's pods run on node-1.
+                "--hostname-override".into(),
+                NODE_NAME.into(),
                 "--service-cidr".into(),
                 SERVICE_CIDRS.into(),
                 "--node-ip".into(),

@@ -541,10 +541,15 @@ fn remote_fixture(ports: std::ops::RangeInclusive<u16>) -> Fixture {
         Some(NODE4.parse().unwrap()),
         Some(NODE6.parse().unwrap()),
         ports,
+        CLOSED_HOLD_S,
     )
     .unwrap();
     f
 }
+
+/// How long a closed flow's SNAT port rests, here (the agent's default is
+/// a minute).
+const CLOSED_HOLD_S: u16 = 1;
 
 fn remote_packets() -> Vec<Spec> {
     vec![
@@ -659,9 +664,7 @@ fn snat_ports_run_out_loudly_and_are_reused_once_flows_end() {
         .reply();
     fin.tcp_flags = FIN_ACK;
     assert_eq!(f.run(Hook::Xdp, &fin.build()).0, Action::Pass);
-    std::thread::sleep(std::time::Duration::from_secs(
-        u64::from(svc_common::SNAT_CLOSED_HOLD_S) + 1,
-    ));
+    std::thread::sleep(std::time::Duration::from_secs(u64::from(CLOSED_HOLD_S) + 1));
     let (a, out) = f.run(Hook::Xdp, &flow(40003).build());
     assert_eq!(a, Action::Pass);
     assert_eq!(assert_snat(&flow(40003), &out, pool.clone()), sources[0]);
