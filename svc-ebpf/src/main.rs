@@ -47,7 +47,8 @@ pub fn svc_xdp(ctx: XdpContext) -> u32 {
         Verdict::Pass | Verdict::Snat => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Rewrite => match xdp_rewrite::apply(&ctx, &flow, rw) {
-            Ok(()) => xdp_forward::forward(&ctx, &flow, rw),
+            Ok(true) => xdp_forward::forward(&ctx, &flow, rw),
+            Ok(false) => xdp_action::XDP_PASS,
             Err(()) => {
                 lb::count_drop(svc_common::DropReason::RewriteFailed);
                 warn!(&ctx, "svc_xdp: rewrite failed, packet dropped");

@@ -25,8 +25,12 @@ use crate::{lb::Rewrite, maps::VIRTUAL_UPLINKS, packet::Flow, packet::ptr_at};
 
 // A BPF subprogram of its own: its locals get their own frame instead of
 // adding to the caller's (the whole chain must fit in 512 bytes).
+///
+/// Returns whether the packet now carries a complete L4 checksum: a
+/// partial one is only right for the stack, which finishes it; XDP must
+/// not send such a packet out itself.
 #[inline(never)]
-pub fn apply(ctx: &XdpContext, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
+pub fn apply(ctx: &XdpContext, flow: &Flow, rw: &Rewrite) -> Result<bool, ()> {
     let (data, end) = (ctx.data(), ctx.data_end());
     let l4_csum: *mut u16 = ptr_at(data, end, flow.l4_csum_off()).ok_or(())?;
     // SAFETY (all accesses below): each pointer came from ptr_at, which
@@ -75,7 +79,7 @@ pub fn apply(ctx: &XdpContext, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
         }
     };
     unsafe { write_unaligned(l4_csum, new_check) };
-    Ok(())
+    Ok(!partial)
 }
 
 /// Writes one address (source or destination) and updates the IPv4 header
