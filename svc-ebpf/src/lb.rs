@@ -15,7 +15,7 @@ use crate::{
         AFFINITY, BACKENDS, CONNTRACK, DROP_STATS, SERVICE_STATS, SERVICES, SNAT_CONFIG,
         SOURCE_RANGES,
     },
-    packet::{Flow, TCP_FIN, TCP_RST},
+    packet::{Flow, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// The packet's new addresses and ports (network byte order); the writer
@@ -80,10 +80,14 @@ pub fn decide(flow: &Flow, packet_len: u32, origin: Origin, rw: &mut Rewrite) ->
         // SAFETY: a valid map value; racing writers only store integers.
         let nat = unsafe { &mut *nat };
         if nat.flags & SNAT != 0 {
-            // SNAT ports are reused once their flow is over: keep time.
+            // SNAT ports are reused once their flow is over: keep time,
+            // and whether the backend is closing (a SYN-ACK means a new
+            // connection of a client that reused its port).
             nat.last_seen_s = now_s();
             if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                 nat.flags |= CLOSING;
+            } else if flow.tcp_flags & TCP_SYN != 0 {
+                nat.flags &= !CLOSING;
             }
         }
         count_service(nat.service_id, packet_len, true);
@@ -244,6 +248,18 @@ pub fn snat(flow: &Flow, rw: &mut Rewrite) -> bool {
                 .insert(&key, &reply, u64::from(BPF_NOEXIST))
                 .is_ok(),
             Some(old) if is_over(old, flow.proto, reply.last_seen_s, cfg.closed_hold_s) => {
+                // The old flow's forward entry would still send its client
+                // (should it reuse its port) to this port: it goes.
+                let old_forward = FlowKey {
+                    src_addr: old.dst_addr,
+                    dst_addr: old.src_addr,
+                    src_port: old.dst_port,
+                    dst_port: old.src_port,
+                    proto: flow.proto,
+                    direction: CT_FORWARD,
+                    _pad: [0; 2],
+                };
+                let _ = CONNTRACK.remove(&old_forward);
                 CONNTRACK.insert(&key, &reply, 0).is_ok()
             }
             Some(_) => false,

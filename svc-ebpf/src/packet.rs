@@ -36,6 +36,7 @@ pub struct Flow {
 
 /// Bits of [`Flow::tcp_flags`].
 pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 
 impl Flow {

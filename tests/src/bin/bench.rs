@@ -34,9 +34,12 @@ const IPERF_SECONDS: &str = "4";
 const IPERF_ROUNDS: usize = 3;
 
 /// Each part by name; `bench [NAME...]` runs only those named.
-const PARTS: [(&str, fn() -> Result<()>); 4] = [
+type Part = fn() -> Result<()>;
+
+const PARTS: [(&str, Part); 5] = [
     ("costs", prog_test_run_costs),
     ("throughput", throughput),
+    ("nodeport", nodeport_forwarding),
     ("latency", change_latency),
     ("cold-start", cold_start),
 ];
@@ -317,6 +320,132 @@ fn throughput() -> Result<()> {
     Ok(())
 }
 
+/// From outside to a NodePort on node-1 whose backend runs on node-2
+/// (SNAT both ways): node-1's XDP sends translated packets out itself
+/// (`--xdp-forwarding on`) against handing them to its kernel to forward
+/// (`off`). New connections per second (one request each, sequential)
+/// and iperf3 bulk TCP, interleaved rounds, medians.
+fn nodeport_forwarding() -> Result<()> {
+    println!(
+        "\n== outside -> NodePort on node-1 -> backend on node-2 (SNAT): XDP forwarding vs the kernel ({IPERF_ROUNDS} rounds)"
+    );
+    let mut c = tests::multi_node::MultiNodeCluster::new("bench-np")?;
+    c.add_pod(1, "server", 22, &[8080])?;
+    let mut iperf = c
+        .pod("server")
+        .ns
+        .command("iperf3")
+        .args(["-s", "-p", "5201"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    // Full checksums (as from a wire) and switch ports that take XDP_TX
+    // frames at once: the same for both modes.
+    c.fabric.set_tx_checksum(false)?;
+    let object = c.agent(0).dir().join("baseline-xdp.o");
+    std::fs::write(&object, BASELINE_OBJECT)?;
+    for node in &c.fabric.nodes {
+        c.fabric.bridge.run(&[
+            "ip",
+            "link",
+            "set",
+            "dev",
+            &node.bridge_port,
+            "xdp",
+            "obj",
+            object.to_str().unwrap_or_default(),
+            "sec",
+            "xdp",
+        ])?;
+    }
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "np", "namespace": "default"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.70", "ports": [
+            {"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30200},
+            {"name": "iperf", "port": 5201, "targetPort": 5201, "nodePort": 30201}]}
+    }))?;
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "np-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "np"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "iperf", "port": 5201, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["10.244.2.22"], "nodeName": "node-2"}]
+    }))?;
+    c.api().apply(&svc)?;
+    c.api().apply(&slice)?;
+    // Thousands of connections a second from one client: closed flows'
+    // SNAT ports must come back within a second, and the server must keep
+    // no TIME_WAIT that a reused port would meet.
+    let snat = ["--snat-closed-hold", "1s"];
+    c.pod("server")
+        .ns
+        .run(&["sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"])?;
+    c.start_agent(1, &snat)?;
+
+    const CONNECT_LOOP: &str = "import socket, sys, time\n\
+        n, end = 0, time.time() + float(sys.argv[2])\n\
+        failed = 0\n\
+        while time.time() < end:\n\
+        \x20   try:\n\
+        \x20       s = socket.create_connection((sys.argv[1], 30200), timeout=1)\n\
+        \x20       s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n\
+        \x20       while s.recv(4096): pass\n\
+        \x20       s.close(); n += 1\n\
+        \x20   except OSError:\n\
+        \x20       failed += 1\n\
+        print(n / float(sys.argv[2]), failed)\n";
+    // Mode, connections/s, Gb/s, connections that failed (1 s timeout).
+    let mut results: Vec<(&str, Vec<f64>, Vec<f64>, u64)> = vec![
+        ("kernel forwards", vec![], vec![], 0),
+        ("XDP forwards", vec![], vec![], 0),
+    ];
+    let run = (|| -> Result<()> {
+        for _ in 0..IPERF_ROUNDS {
+            for (mode, r) in ["off", "on"].iter().zip(results.iter_mut()) {
+                c.start_agent(0, &[&snat[..], &["--xdp-forwarding", mode]].concat())?;
+                c.wait_for("the NodePort", Duration::from_secs(20), || {
+                    c.agent(0)
+                        .frontends()
+                        .is_ok_and(|f| f.get("192.0.2.1:30200/TCP").is_some_and(|b| b.len() == 1))
+                })?;
+                let out = sh(c.fabric.external.command("python3").args([
+                    "-c",
+                    CONNECT_LOOP,
+                    "192.0.2.1",
+                    "3",
+                ]))?;
+                let out = String::from_utf8_lossy(&out.stdout).into_owned();
+                let (rate, failed) = out.trim().split_once(' ').context("connect loop output")?;
+                r.1.push(rate.parse()?);
+                r.3 += failed.parse::<u64>()?;
+                let out = sh(c.fabric.external.command("iperf3").args([
+                    "-c",
+                    "192.0.2.1",
+                    "-p",
+                    "30201",
+                    "-t",
+                    IPERF_SECONDS,
+                    "-J",
+                ]))?;
+                r.2.push(iperf_json_gbps(&String::from_utf8_lossy(&out.stdout))?);
+                c.stop_agent(0)?;
+            }
+        }
+        Ok(())
+    })();
+    let _ = iperf.kill();
+    let _ = iperf.wait();
+    run?;
+    let base = (median(results[0].1.clone()), median(results[0].2.clone()));
+    for (name, rate, gbps, failed) in results {
+        let (rate, gbps) = (median(rate), median(gbps));
+        println!(
+            "{name:<18} {rate:>8.0} conn/s {:>5.2}x   {gbps:>6.2} Gb/s {:>5.2}x   ({failed} connections timed out)",
+            rate / base.0,
+            gbps / base.1
+        );
+    }
+    Ok(())
+}
+
 fn iperf_gbps(sb: &Sandbox, target: &str) -> Result<f64> {
     let out = sh(sb.pod("client").ns.command("iperf3").args([
         "-c",
@@ -327,7 +456,11 @@ fn iperf_gbps(sb: &Sandbox, target: &str) -> Result<f64> {
         IPERF_SECONDS,
         "-J",
     ]))?;
-    let json = String::from_utf8_lossy(&out.stdout);
+    iperf_json_gbps(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// end.sum_received.bits_per_second of iperf3's JSON, in Gb/s.
+fn iperf_json_gbps(json: &str) -> Result<f64> {
     // end.sum_received.bits_per_second, without a JSON dependency.
     let after = json
         .find("\"sum_received\"")
