@@ -186,3 +186,15 @@ pub fn parse(data: usize, end: usize) -> Option<Flow> {
         tcp_flags,
     })
 }
+
+/// Address bytes as four words in memory order: what the csum and FIB
+/// helpers take.
+#[inline(always)]
+pub fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}

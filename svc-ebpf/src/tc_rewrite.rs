@@ -11,7 +11,7 @@ use svc_common::PROTO_UDP;
 
 use crate::{
     lb::Rewrite,
-    packet::{self, Flow},
+    packet::{self, Flow, words},
 };
 
 /// Enough bytes for Ethernet, a VLAN tag, IPv4 with options and TCP.
@@ -109,15 +109,4 @@ fn rewrite_addr(
         ctx.store(addr_off, &v4, 0).map_err(|_| ())?;
     }
     Ok(())
-}
-
-/// Address bytes as four native-order words (what the csum helpers take).
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
 }

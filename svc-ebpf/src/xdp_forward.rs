@@ -17,7 +17,11 @@ use aya_ebpf::{
 };
 use svc_common::csum::Diff;
 
-use crate::{lb::Rewrite, maps::XDP_FORWARD, packet::Flow, packet::ptr_at};
+use crate::{
+    lb::Rewrite,
+    maps::XDP_FORWARD,
+    packet::{Flow, ptr_at, words},
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -108,15 +112,4 @@ fn decrement_ttl(data: usize, end: usize, flow: &Flow) -> Option<()> {
         }
     }
     Some(())
-}
-
-/// Address bytes as four words, in memory order (what the lookup takes).
-#[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
 }

@@ -396,6 +396,32 @@ impl Fabric {
     /// every pod's veth. Off, every sender computes full checksums in
     /// software and every receiver verifies them, so a wrong checksum is a
     /// dropped packet.
+    /// Makes the switch's ports take frames that the nodes' XDP programs
+    /// send out themselves (`XDP_TX`, redirects) at once: a veth accepts
+    /// them only if it runs XDP itself (with GRO alone they wait up to a
+    /// second here), so each port gets an empty XDP program, written to
+    /// `scratch` first. A physical switch port needs nothing of the kind.
+    pub fn let_ports_take_xdp_frames(&self, scratch: &std::path::Path) -> Result<()> {
+        let object = scratch.join("baseline-xdp.o");
+        std::fs::write(&object, svc_agent::dataplane::BASELINE_OBJECT)?;
+        let object = object.to_string_lossy();
+        for node in &self.nodes {
+            self.bridge.run(&[
+                "ip",
+                "link",
+                "set",
+                "dev",
+                &node.bridge_port,
+                "xdp",
+                "obj",
+                &object,
+                "sec",
+                "xdp",
+            ])?;
+        }
+        Ok(())
+    }
+
     pub fn set_tx_checksum(&self, on: bool) -> Result<()> {
         let state = if on { "on" } else { "off" };
         let mut ends: Vec<(&NetNs, &str)> = vec![

@@ -375,28 +375,9 @@ fn xdp_forwards_translated_packets_itself_where_allowed() {
     // socket left partial (veths keep it so) is only ever handed to the
     // stack, which completes it.
     c.fabric.set_tx_checksum(false).unwrap();
-    // A veth takes XDP_TX frames from its peer only if it runs XDP itself
-    // (with GRO alone they wait up to a second here): the switch's ports
-    // get an empty XDP program, as a physical port needs none.
-    let object = c.agent(0).dir().join("baseline-xdp.o");
-    std::fs::write(&object, svc_agent::dataplane::BASELINE_OBJECT).unwrap();
-    for node in &c.fabric.nodes {
-        c.fabric
-            .bridge
-            .run(&[
-                "ip",
-                "link",
-                "set",
-                "dev",
-                &node.bridge_port,
-                "xdp",
-                "obj",
-                object.to_str().unwrap(),
-                "sec",
-                "xdp",
-            ])
-            .unwrap();
-    }
+    c.fabric
+        .let_ports_take_xdp_frames(c.agent(0).dir())
+        .unwrap();
     let svc = service("remote", 60, 30120, json!({}), json!({}));
     c.api().apply(&svc).unwrap();
     publish_slices(&c, "remote", &[(1, 22)]);

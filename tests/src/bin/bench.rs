@@ -341,22 +341,7 @@ fn nodeport_forwarding() -> Result<()> {
     // Full checksums (as from a wire) and switch ports that take XDP_TX
     // frames at once: the same for both modes.
     c.fabric.set_tx_checksum(false)?;
-    let object = c.agent(0).dir().join("baseline-xdp.o");
-    std::fs::write(&object, BASELINE_OBJECT)?;
-    for node in &c.fabric.nodes {
-        c.fabric.bridge.run(&[
-            "ip",
-            "link",
-            "set",
-            "dev",
-            &node.bridge_port,
-            "xdp",
-            "obj",
-            object.to_str().unwrap_or_default(),
-            "sec",
-            "xdp",
-        ])?;
-    }
+    c.fabric.let_ports_take_xdp_frames(c.agent(0).dir())?;
     let svc: Service = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "np", "namespace": "default"},
         "spec": {"type": "NodePort", "clusterIP": "10.96.0.70", "ports": [
