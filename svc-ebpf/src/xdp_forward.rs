@@ -1,8 +1,9 @@
-//! Forwarding a translated packet from XDP itself: a FIB lookup for its
-//! new destination, and if the route leaves through an uplink the agent
-//! allows (`XDP_FORWARD`), the Ethernet addresses are set, the TTL or hop
-//! limit decremented, and the packet sent: `XDP_TX` out of the interface
-//! it came in on, or redirected to another. Anything else (a pod's veth,
+//! Forwarding a translated packet from XDP itself: when it came in on an
+//! uplink the agent allows (`XDP_FORWARD`), a FIB lookup for its new
+//! destination, and if the route leaves through such an uplink too, the
+//! Ethernet addresses are set, the TTL or hop limit decremented, and the
+//! packet sent: `XDP_TX` out of the interface it came in on, or
+//! redirected to another. Anything else (a pod's veth,
 //! no neighbour entry yet, TTL running out, a packet too big) goes to the
 //! stack, which knows how to handle it.
 use core::{
@@ -30,13 +31,19 @@ const AF_INET6: u8 = 10;
 // frame, not in the program's.
 #[inline(never)]
 pub fn forward(ctx: &XdpContext, flow: &Flow, rw: &Rewrite) -> u32 {
+    // Uplinks that forward do so both ways: where the packet came in says
+    // whether a lookup is worth its cost at all.
+    let ingress = ctx.ingress_ifindex() as u32;
+    if XDP_FORWARD.get_ptr(&ingress).is_none() {
+        return xdp_action::XDP_PASS;
+    }
     let (data, end) = (ctx.data(), ctx.data_end());
     // SAFETY: an all-integer C struct, valid when zeroed.
     let mut params: bpf_fib_lookup = unsafe { zeroed() };
     params.l4_protocol = flow.proto;
     params.sport = rw.src_port;
     params.dport = rw.dst_port;
-    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.ifindex = ingress;
     if flow.is_v6 {
         params.family = AF_INET6;
         params.__bindgen_anon_3.ipv6_src = words(&rw.src);
@@ -72,7 +79,7 @@ pub fn forward(ctx: &XdpContext, flow: &Flow, rw: &Rewrite) -> u32 {
         addrs[6..].copy_from_slice(&macs.smac);
         write_unaligned(eth, addrs);
     }
-    if params.ifindex == ctx.ingress_ifindex() as u32 {
+    if params.ifindex == ingress {
         xdp_action::XDP_TX
     } else {
         // SAFETY: a plain helper call.
