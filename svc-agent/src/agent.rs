@@ -304,6 +304,12 @@ impl State {
         let node = Node {
             name: cfg.node_name.clone(),
             ips: node_port_ips(cfg, own_ips),
+            zone: inputs
+                .node
+                .as_ref()
+                .and_then(|n| n.metadata.labels.as_ref())
+                .and_then(|l| l.get(model::ZONE_LABEL))
+                .cloned(),
         };
         let desired = model::desired(&inputs.services, &inputs.slices, &node);
         let mut problems = inputs.problems;

@@ -26,6 +26,8 @@ use crate::{
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// A Node's zone, for topology-aware routing.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// What the node contributes: its name (which endpoints are local) and
 /// the addresses NodePorts answer on.
@@ -34,6 +36,8 @@ pub struct Node {
     /// Empty: unknown, and every endpoint counts as local.
     pub name: String,
     pub ips: Vec<IpAddr>,
+    /// The Node's `topology.kubernetes.io/zone`, for topology-aware routing.
+    pub zone: Option<String>,
 }
 
 impl Node {
@@ -90,6 +94,7 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> D
         let name = svc.metadata.name.clone().unwrap_or_default();
         let own_slices = index.of(svc);
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
         let mut flags = 0;
         if external_local {
             flags |= service_flags::EXTERNAL_LOCAL;
@@ -120,17 +125,25 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> D
             let Ok(svc_port) = u16::try_from(port.port) else {
                 continue;
             };
-            let pick = |family: &str, only_local: bool| {
-                backends(own_slices, &port_name, proto, family, node, only_local)
+            let sets = |family: &str| {
+                let found = endpoints(own_slices, &port_name, proto, family, node);
+                let zone = topology_zone(svc, &found, node);
+                (cluster_set(&found, zone), local_set(&found))
             };
-            let (all_v4, all_v6) = (pick("IPv4", false), pick("IPv6", false));
-            // externalTrafficPolicy Local: traffic from outside goes to this
-            // node's endpoints only (none: dropped), keeping the client's
-            // address; Cluster: to any endpoint.
-            let (ext_v4, ext_v6) = if external_local {
-                (pick("IPv4", true), pick("IPv6", true))
+            let ((cluster_v4, local_v4), (cluster_v6, local_v6)) = (sets("IPv4"), sets("IPv6"));
+            // internalTrafficPolicy Local: traffic to the cluster IPs goes to
+            // this node's endpoints only; externalTrafficPolicy Local: traffic
+            // from outside likewise (none: dropped), keeping the client's
+            // address. Cluster: to the cluster-wide set.
+            let (all_v4, all_v6) = if internal_local {
+                (local_v4.clone(), local_v6.clone())
             } else {
-                (all_v4.clone(), all_v6.clone())
+                (cluster_v4.clone(), cluster_v6.clone())
+            };
+            let (ext_v4, ext_v6) = if external_local {
+                (local_v4, local_v6)
+            } else {
+                (cluster_v4, cluster_v6)
             };
             let mut add =
                 |ip: IpAddr, port: u16, external: bool, extra: u16, ranges: &[SourceRange]| {
@@ -380,23 +393,27 @@ struct Conditions {
     terminating: bool,
 }
 
-/// Ready endpoints of one service port and family; if none is ready, the
-/// serving-but-terminating ones (kube-proxy's fallback, so connections
-/// drain instead of failing during a rollout).
-///
-/// As in kube-proxy: only an endpoint's first address counts (the others
-/// are the same Pod's), ports without a number are ignored, and an address
-/// listed twice (a Pod moving between slices) keeps its non-terminating
-/// entry.
-fn backends(
+/// One endpoint as a proxy sees it.
+#[derive(Clone, Debug)]
+struct Found {
+    endpoint: Endpoint,
+    conditions: Conditions,
+    /// `hints.forZones`; empty: no hint.
+    zones: BTreeSet<String>,
+}
+
+/// The endpoints of one service port and family, as kube-proxy reads
+/// them: only an endpoint's first address counts (the others are the same
+/// Pod's), ports without a number are ignored, and an address listed
+/// twice (a Pod moving between slices) keeps its non-terminating entry.
+fn endpoints(
     slices: &[&EndpointSlice],
     port_name: &str,
     proto: Protocol,
     address_type: &str,
     node: &Node,
-    only_local: bool,
-) -> Vec<Endpoint> {
-    let mut seen: BTreeMap<Endpoint, Conditions> = BTreeMap::new();
+) -> Vec<Found> {
+    let mut seen: BTreeMap<Endpoint, Found> = BTreeMap::new();
     for slice in slices.iter().filter(|s| s.address_type == address_type) {
         let Some(port) = slice.ports.iter().flatten().find(|p| {
             p.name.as_deref().unwrap_or("") == port_name
@@ -423,38 +440,87 @@ fn backends(
             if addr.is_ipv4() != (address_type == "IPv4") {
                 continue;
             }
-            let local = node.runs(ep.node_name.as_deref());
-            if only_local && !local {
-                continue;
-            }
             let c = ep.conditions.as_ref();
-            let conditions = Conditions {
-                ready: c.and_then(|c| c.ready).unwrap_or(true),
-                serving: c.and_then(|c| c.serving).unwrap_or(true),
-                terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+            let found = Found {
+                endpoint: Endpoint {
+                    addr: SocketAddr::new(addr, port),
+                    local: node.runs(ep.node_name.as_deref()),
+                },
+                conditions: Conditions {
+                    ready: c.and_then(|c| c.ready).unwrap_or(true),
+                    serving: c.and_then(|c| c.serving).unwrap_or(true),
+                    terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+                },
+                zones: ep
+                    .hints
+                    .iter()
+                    .flat_map(|h| h.for_zones.iter().flatten())
+                    .map(|z| z.name.clone())
+                    .collect(),
             };
-            let endpoint = Endpoint {
-                addr: SocketAddr::new(addr, port),
-                local,
-            };
-            seen.entry(endpoint)
+            seen.entry(found.endpoint)
                 .and_modify(|kept| {
-                    if kept.terminating && !conditions.terminating {
-                        *kept = conditions;
+                    if kept.conditions.terminating && !found.conditions.terminating {
+                        *kept = found.clone();
                     }
                 })
-                .or_insert(conditions);
+                .or_insert(found);
         }
     }
-    let pick = |f: fn(&Conditions) -> bool| -> Vec<Endpoint> {
-        seen.iter().filter(|(_, c)| f(c)).map(|(a, _)| *a).collect()
-    };
-    let ready = pick(|c| c.ready);
-    if ready.is_empty() {
-        pick(|c| c.serving && c.terminating)
-    } else {
-        ready
+    seen.into_values().collect()
+}
+
+/// The zone to keep traffic in, when kube-proxy would: the Service asks
+/// for it (`trafficDistribution: PreferClose`, or the topology-mode
+/// annotation `Auto`), this node has a zone, every ready endpoint carries
+/// zone hints, and at least one is hinted for this node's zone.
+fn topology_zone<'a>(svc: &Service, found: &[Found], node: &'a Node) -> Option<&'a str> {
+    let annotations = svc.metadata.annotations.as_ref();
+    let mode = [
+        "service.kubernetes.io/topology-mode",
+        "service.kubernetes.io/topology-aware-hints",
+    ]
+    .iter()
+    .find_map(|k| annotations.and_then(|a| a.get(*k)));
+    let prefer_close = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.traffic_distribution.as_deref())
+        == Some("PreferClose");
+    if !prefer_close && !matches!(mode.map(String::as_str), Some("Auto" | "auto")) {
+        return None;
     }
+    let zone = node.zone.as_deref().filter(|z| !z.is_empty())?;
+    let ready: Vec<&Found> = found.iter().filter(|f| f.conditions.ready).collect();
+    let usable =
+        ready.iter().all(|f| !f.zones.is_empty()) && ready.iter().any(|f| f.zones.contains(zone));
+    usable.then_some(zone)
+}
+
+/// Where cluster-wide traffic may go: the ready endpoints (of this node's
+/// zone, when `zone` says so); if none, the serving-but-terminating ones
+/// (kube-proxy's fallback, so connections drain during a rollout).
+fn cluster_set(found: &[Found], zone: Option<&str>) -> Vec<Endpoint> {
+    let ready: Vec<Endpoint> = found
+        .iter()
+        .filter(|f| f.conditions.ready && zone.is_none_or(|z| f.zones.contains(z)))
+        .map(|f| f.endpoint)
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    found
+        .iter()
+        .filter(|f| f.conditions.serving && f.conditions.terminating)
+        .map(|f| f.endpoint)
+        .collect()
+}
+
+/// Where node-local traffic (a `Local` traffic policy) may go: this
+/// node's ready endpoints; if none, its serving-but-terminating ones.
+fn local_set(found: &[Found]) -> Vec<Endpoint> {
+    let local: Vec<Found> = found.iter().filter(|f| f.endpoint.local).cloned().collect();
+    cluster_set(&local, None)
 }
 
 /// Ready endpoints per service port (both families), for the CLI.
@@ -472,12 +538,13 @@ pub fn port_endpoints(svc: &Service, index: &SliceIndex) -> Vec<PortEndpoints> {
                 .parse()
                 .unwrap_or(Protocol::Tcp);
             let node = Node::default();
-            let mut addresses: Vec<SocketAddr> =
-                backends(own, &port_name, proto, "IPv4", &node, false)
-                    .into_iter()
-                    .chain(backends(own, &port_name, proto, "IPv6", &node, false))
-                    .map(|e| e.addr)
-                    .collect();
+            let mut addresses: Vec<SocketAddr> = ["IPv4", "IPv6"]
+                .iter()
+                .flat_map(|family| {
+                    cluster_set(&endpoints(own, &port_name, proto, family, &node), None)
+                })
+                .map(|e| e.addr)
+                .collect();
             addresses.dedup();
             PortEndpoints {
                 port_name,
@@ -553,6 +620,7 @@ mod tests {
         let node = Node {
             name: String::new(),
             ips: vec!["192.0.2.1".parse().unwrap()],
+            zone: None,
         };
         let d = desired(&[web()], &web_slices(), &node);
         let keys: Vec<String> = d
@@ -671,6 +739,7 @@ mod tests {
         let node = Node {
             name: "node-1".into(),
             ips: vec!["192.0.2.1".parse().unwrap()],
+            zone: None,
         };
         let d = desired(std::slice::from_ref(&s), &slices, &node);
         let backends = |f: &str| -> Vec<(String, bool)> {
@@ -721,6 +790,102 @@ mod tests {
         assert_eq!(
             addrs(&d[&fe("203.0.113.9:80", Protocol::Tcp)].backends),
             vec!["10.244.1.22:8080".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    /// `web` (ClusterIP 10.96.0.10:80) over three endpoints: 21 on node-1
+    /// hinted for zone a, 22 on node-2 for zone b, 23 on node-2 for zone
+    /// `hint23` (none: no hint).
+    fn zoned(hint23: Option<&str>) -> Vec<EndpointSlice> {
+        let hints = |z: Option<&str>| z.map(|z| json!({"forZones": [{"name": z}]}));
+        vec![slice(json!({
+            "metadata": {"name": "web-z", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [
+                {"addresses": ["10.244.1.21"], "nodeName": "node-1", "hints": hints(Some("a"))},
+                {"addresses": ["10.244.2.22"], "nodeName": "node-2", "hints": hints(Some("b"))},
+                {"addresses": ["10.244.2.23"], "nodeName": "node-2", "hints": hints(hint23)}
+            ]
+        }))]
+    }
+
+    fn clusterip_backends(s: &Service, slices: &[EndpointSlice], node: &Node) -> Vec<String> {
+        desired(std::slice::from_ref(s), slices, node)[&fe("10.96.0.10:80", Protocol::Tcp)]
+            .backends
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_keeps_cluster_ips_on_this_node() {
+        let mut s = web();
+        s.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+        let node = |name: &str| Node {
+            name: name.into(),
+            ..Node::default()
+        };
+        let slices = zoned(Some("a"));
+        assert_eq!(
+            clusterip_backends(&s, &slices, &node("node-1")),
+            ["10.244.1.21:8080"]
+        );
+        assert_eq!(
+            clusterip_backends(&s, &slices, &node("node-2")),
+            ["10.244.2.22:8080", "10.244.2.23:8080"]
+        );
+        // No endpoint here: nothing (the traffic is dropped), never elsewhere.
+        assert!(clusterip_backends(&s, &slices, &node("node-3")).is_empty());
+    }
+
+    #[test]
+    fn zone_hints_are_used_only_as_kube_proxy_uses_them() {
+        let in_zone = |zone: &str| Node {
+            name: "node-9".into(),
+            zone: Some(zone.into()),
+            ..Node::default()
+        };
+        let all = ["10.244.1.21:8080", "10.244.2.22:8080", "10.244.2.23:8080"];
+        let mut s = web();
+        // Hints alone do nothing: the Service must ask.
+        assert_eq!(
+            clusterip_backends(&s, &zoned(Some("a")), &in_zone("a")),
+            all
+        );
+        s.spec.as_mut().unwrap().traffic_distribution = Some("PreferClose".into());
+        assert_eq!(
+            clusterip_backends(&s, &zoned(Some("a")), &in_zone("a")),
+            ["10.244.1.21:8080", "10.244.2.23:8080"]
+        );
+        assert_eq!(
+            clusterip_backends(&s, &zoned(Some("a")), &in_zone("b")),
+            ["10.244.2.22:8080"]
+        );
+        // One ready endpoint without a hint: cluster-wide.
+        assert_eq!(clusterip_backends(&s, &zoned(None), &in_zone("a")), all);
+        // No endpoint hinted for this node's zone: cluster-wide.
+        assert_eq!(
+            clusterip_backends(&s, &zoned(Some("a")), &in_zone("c")),
+            all
+        );
+        // A node without a zone: cluster-wide.
+        assert_eq!(
+            clusterip_backends(&s, &zoned(Some("a")), &Node::default()),
+            all
+        );
+        // The annotation asks too.
+        let mut annotated = web();
+        annotated.metadata.annotations = Some(
+            [(
+                "service.kubernetes.io/topology-mode".to_string(),
+                "Auto".to_string(),
+            )]
+            .into(),
+        );
+        assert_eq!(
+            clusterip_backends(&annotated, &zoned(Some("b")), &in_zone("b")),
+            ["10.244.2.22:8080", "10.244.2.23:8080"]
         );
     }
 
