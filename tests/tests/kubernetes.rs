@@ -17,7 +17,7 @@ use tests::{
     cluster::{Cluster, NODE_NAME, SYNC_PERIOD},
     load::{Load, assert_no_failures},
     netns::NetNs,
-    sandbox::{http_get, udp_ask},
+    sandbox::{http_get, udp_ask, udp_ask_from},
 };
 
 const CLUSTER_IP: &str = "10.96.0.10";
@@ -507,4 +507,38 @@ fn remove_frontend_head(c: &Cluster, ip: &str, port: u16) {
         0,
     );
     services.remove(&key).unwrap();
+}
+
+#[test]
+fn udp_flows_move_at_once_when_their_backend_goes_and_start_with_the_first_endpoint() {
+    let c = web_cluster("k8s-udp");
+    let client = &c.pod("client").ns;
+    let vip: IpAddr = CLUSTER_IP.parse().unwrap();
+    // One flow: the same source port every time, as a DNS client's socket.
+    let ask = || udp_ask_from(client, vip, 53, 40053);
+    let first = ask().unwrap();
+    let (gone, other) = if first == "web-21" {
+        (21, 22)
+    } else {
+        (22, 21)
+    };
+    // Its backend goes away: the very next datagram of the flow reaches
+    // the other one (no conntrack entry to wait out).
+    publish_endpoints(&c, &ready(&[other]), &ready(&[21, 22]));
+    wait_for_backends(
+        &c,
+        "10.96.0.10:53/UDP",
+        &[&format!("10.244.1.{other}:8080")],
+    );
+    assert_eq!(ask().unwrap(), format!("web-{other}"), "web-{gone} left");
+
+    // No endpoint at all: dropped.
+    publish_endpoints(&c, &[], &ready(&[21, 22]));
+    wait_for_backends(&c, "10.96.0.10:53/UDP", &[]);
+    assert!(ask().is_err());
+    // The first endpoint becomes ready: the same flow is answered at once
+    // (nothing was remembered for the dropped datagrams).
+    publish_endpoints(&c, &ready(&[23]), &ready(&[21, 22]));
+    wait_for_backends(&c, "10.96.0.10:53/UDP", &["10.244.1.23:8080"]);
+    assert_eq!(ask().unwrap(), "web-23");
 }
