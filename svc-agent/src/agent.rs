@@ -24,7 +24,7 @@ use crate::{
     api::{self, Snapshot},
     apiserver::{Cidr, ServiceNetwork},
     cluster::{self, ClusterSource},
-    dataplane::{Dataplane, Pins, XdpForwarding},
+    dataplane::{Dataplane, Pins, SockLbTarget, XdpForwarding},
     health::Health,
     http_server::{self, HealthHandle, SharedHealth},
     manifest_source::ManifestSource,
@@ -65,6 +65,9 @@ pub struct Config {
     /// How often the maps are compared with the desired state and
     /// repaired; health goes stale after twice this.
     pub sync_period: Duration,
+    /// Socket-level load balancing for the node's own processes: the
+    /// cgroup the socket hooks attach to (None: off).
+    pub sock_lb: Option<SockLbTarget>,
 }
 
 pub enum SourceConfig {
@@ -129,6 +132,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let mut dp = Dataplane::load_pinned(&cfg.pins)?;
     dp.set_xdp_forwarding(cfg.xdp_forwarding);
+    dp.attach_sock_lb(cfg.sock_lb.as_ref(), &cfg.pins)?;
     let _kernel_log = forward_kernel_log(&mut dp);
     let (backends, frontends) = dp.dump()?;
     if !frontends.is_empty() {

@@ -14,7 +14,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key as LpmKey},
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, SchedClassifierLinkId},
         xdp::{XdpLink, XdpLinkId},
@@ -26,11 +26,20 @@ use svc_common::{
     SOURCE_RANGES_MAP, ServiceKey, ServiceStats, ServiceValue, SnatConfig, SourceRangeKey,
     TC_PROGRAM, VIRTUAL_UPLINKS_MAP, XDP_FORWARD_MAP, XDP_PROGRAM, backend_flags,
 };
+use svc_common::{
+    NODE_PORTS_MAP, NodePortKey, NodePortTarget, SOCK_LB_CONFIG_MAP, SOCK_PROGRAMS,
+    SOCK_REVERSE_MAP, SockLbConfig, SockRevKey, SockRevValue, service_flags,
+};
 
 use crate::reconcile::Programmed;
 
+pub mod sock_diag;
+mod sock_lb;
+
+pub use sock_lb::SockLbTarget;
+
 /// Every map, for pinning.
-const MAPS: [&str; 10] = [
+const MAPS: [&str; 13] = [
     AFFINITY_MAP,
     SERVICES_MAP,
     BACKENDS_MAP,
@@ -41,6 +50,9 @@ const MAPS: [&str; 10] = [
     SNAT_CONFIG_MAP,
     SOURCE_RANGES_MAP,
     XDP_FORWARD_MAP,
+    SOCK_REVERSE_MAP,
+    NODE_PORTS_MAP,
+    SOCK_LB_CONFIG_MAP,
 ];
 
 /// The eBPF object built by build.rs from `svc-ebpf`.
@@ -192,6 +204,15 @@ pub struct Dataplane {
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     xdp_forward: HashMap<MapData, u32, u32>,
     xdp_forwarding: XdpForwarding,
+    sock_reverse: HashMap<MapData, SockRevKey, SockRevValue>,
+    node_ports: HashMap<MapData, NodePortKey, NodePortTarget>,
+    sock_lb_config: Array<MapData, SockLbConfig>,
+    /// The node addresses each NodePort (protocol, port) has frontends on,
+    /// behind `NODE_PORTS` (which names one per family).
+    node_port_addrs: BTreeMap<NodePortKey, BTreeSet<IpAddr>>,
+    /// Whether the socket hooks are attached: then connected UDP sockets
+    /// of a backend that leaves a frontend are destroyed.
+    sock_lb: bool,
 }
 
 /// Whether XDP sends translated packets out of an uplink itself (after a
@@ -239,7 +260,7 @@ impl Dataplane {
         xdp.load().context("loading the XDP program")?;
         let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?.try_into()?;
         tc.load().context("loading the tc program")?;
-        Ok(Self {
+        Self {
             services: HashMap::try_from(take_map(&mut ebpf, SERVICES_MAP)?)?,
             backends: HashMap::try_from(take_map(&mut ebpf, BACKENDS_MAP)?)?,
             service_stats: PerCpuArray::try_from(take_map(&mut ebpf, SERVICE_STATS_MAP)?)?,
@@ -249,8 +270,81 @@ impl Dataplane {
             source_ranges: LpmTrie::try_from(take_map(&mut ebpf, SOURCE_RANGES_MAP)?)?,
             xdp_forward: HashMap::try_from(take_map(&mut ebpf, XDP_FORWARD_MAP)?)?,
             xdp_forwarding: XdpForwarding::default(),
+            sock_reverse: HashMap::try_from(take_map(&mut ebpf, SOCK_REVERSE_MAP)?)?,
+            node_ports: HashMap::try_from(take_map(&mut ebpf, NODE_PORTS_MAP)?)?,
+            sock_lb_config: Array::try_from(take_map(&mut ebpf, SOCK_LB_CONFIG_MAP)?)?,
+            node_port_addrs: BTreeMap::new(),
+            sock_lb: false,
             ebpf,
-        })
+        }
+        .with_node_ports_rebuilt()
+    }
+
+    /// Rebuilds `NODE_PORTS` from the NodePort frontends `SERVICES` holds
+    /// (an adopted map's, or none), so it never names a stale one.
+    fn with_node_ports_rebuilt(mut self) -> Result<Self> {
+        for entry in self.services.iter() {
+            let (key, value) = entry?;
+            if key.slot == 0 && value.flags & service_flags::NODE_PORT != 0 {
+                self.node_port_addrs
+                    .entry(node_port_key(key.port, key.proto))
+                    .or_default()
+                    .insert(unmap_addr(key.addr));
+            }
+        }
+        let stale: Vec<NodePortKey> = self
+            .node_ports
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !self.node_port_addrs.contains_key(k))
+            .collect();
+        for k in stale {
+            ignore_missing(self.node_ports.remove(&k))?;
+        }
+        let keys: Vec<NodePortKey> = self.node_port_addrs.keys().copied().collect();
+        for k in keys {
+            self.write_node_port(k)?;
+        }
+        Ok(self)
+    }
+
+    /// Notes whether `frontend` is (still) a NodePort and rewrites its
+    /// `NODE_PORTS` entry if that changed what it holds.
+    fn note_node_port(&mut self, frontend: &Frontend, is_node_port: bool) -> Result<()> {
+        let key = node_port_key(frontend.addr.port().to_be(), frontend.proto.number());
+        let ip = frontend.addr.ip();
+        let changed = if is_node_port {
+            self.node_port_addrs.entry(key).or_default().insert(ip)
+        } else {
+            let removed = self
+                .node_port_addrs
+                .get_mut(&key)
+                .is_some_and(|s| s.remove(&ip));
+            if self.node_port_addrs.get(&key).is_some_and(|s| s.is_empty()) {
+                self.node_port_addrs.remove(&key);
+            }
+            removed
+        };
+        if changed {
+            self.write_node_port(key)?;
+        }
+        Ok(())
+    }
+
+    /// `NODE_PORTS[key]`: the lowest node address of each family with the
+    /// NodePort (all of them have the same backends), or no entry.
+    fn write_node_port(&mut self, key: NodePortKey) -> Result<()> {
+        let Some(addrs) = self.node_port_addrs.get(&key) else {
+            return ignore_missing(self.node_ports.remove(&key));
+        };
+        let v4 = addrs.iter().find(|a| a.is_ipv4());
+        let v6 = addrs.iter().find(|a| a.is_ipv6());
+        let target = NodePortTarget {
+            addr_v4: v4.map_or([0; 16], |a| map_addr(*a)),
+            addr_v6: v6.map_or([0; 16], |a| map_addr(*a)),
+        };
+        self.node_ports.insert(&key, &target, 0)?;
+        Ok(())
     }
 
     /// Attaches the XDP program to an uplink (named in the calling thread's
@@ -299,6 +393,76 @@ impl Dataplane {
         let id = self.new_tc_link(iface)?;
         let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?.try_into()?;
         pin_link(tc.take_link(id)?.try_into()?, pin)
+    }
+
+    /// Socket-level load balancing for the node's own processes (see
+    /// `svc-ebpf/src/sock.rs`): loads the cgroup hooks, limits them to
+    /// this network namespace's sockets, and attaches them to `target`'s
+    /// cgroup through links pinned under `pins`. An earlier agent's links
+    /// are replaced after the new ones are attached (both run meanwhile,
+    /// harmlessly: the second sees a backend, no frontend), so no connect
+    /// goes untranslated during an upgrade, and a changed cgroup path takes
+    /// effect. `None` (disabled) removes an earlier agent's links; so does
+    /// a default target that is not there, with a warning.
+    pub fn attach_sock_lb(&mut self, target: Option<&SockLbTarget>, pins: &Pins) -> Result<()> {
+        let Some(target) = target else {
+            remove_sock_lb_links(pins);
+            log::info!(
+                "socket-level load balancing disabled: node-local clients are not translated"
+            );
+            return Ok(());
+        };
+        match self.attach_cgroup_pinned(target, pins) {
+            Ok(path) => {
+                log::info!(
+                    "socket hooks attached to cgroup {}: node-local clients are load-balanced",
+                    path.display()
+                );
+                Ok(())
+            }
+            Err(e) if !target.explicit => {
+                log::warn!("node-local clients are not load-balanced: {e:#}");
+                remove_sock_lb_links(pins);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn attach_cgroup_pinned(&mut self, target: &SockLbTarget, pins: &Pins) -> Result<PathBuf> {
+        let path = target.resolve()?;
+        let cgroup = std::fs::File::open(&path)
+            .with_context(|| format!("opening cgroup {}", path.display()))?;
+        let config = SockLbConfig {
+            netns_cookie: sock_lb::netns_cookie()?,
+        };
+        self.sock_lb_config.set(0, &config, 0)?;
+        std::fs::create_dir_all(pins.links_dir())
+            .with_context(|| format!("creating {}", pins.links_dir().display()))?;
+        for (name, hook) in SOCK_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?.try_into()?;
+            if prog.fd().is_err() {
+                prog.load()
+                    .with_context(|| format!("loading the {hook} program"))?;
+            }
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {hook} to {}", path.display()))?;
+            let link: FdLink = prog.take_link(id)?.try_into()?;
+            let pin = pins.cgroup_link(hook);
+            // (bpffs names take no dots.)
+            let fresh = pins.links_dir().join(format!("cgroup-{hook}-new"));
+            let _ = std::fs::remove_file(&fresh);
+            pin_link(link, &fresh)?;
+            // Over the old pin: its link (and program) goes only now.
+            if std::fs::rename(&fresh, &pin).is_err() {
+                let _ = std::fs::remove_file(&pin);
+                std::fs::rename(&fresh, &pin)
+                    .with_context(|| format!("pinning {}", pin.display()))?;
+            }
+        }
+        self.sock_lb = true;
+        Ok(path)
     }
 
     fn new_xdp_link(&mut self, iface: &str) -> Result<XdpLinkId> {
@@ -448,6 +612,15 @@ impl Dataplane {
             )
         })?;
         let old_count = self.backend_count(frontend)?;
+        // Connected UDP sockets are pinned to a backend for life: those of
+        // backends leaving the frontend are destroyed once it is rewritten.
+        let leaving = if self.sock_lb && frontend.proto == Protocol::Udp {
+            let mut old = self.slot_backends(frontend, old_count);
+            old.retain(|(id, _)| !backend_ids.contains(id));
+            old
+        } else {
+            Vec::new()
+        };
         for (slot, &backend_id) in (1..).zip(backend_ids) {
             let value = ServiceValue {
                 backend_id,
@@ -467,6 +640,8 @@ impl Dataplane {
         for slot in count + 1..=old_count {
             ignore_missing(self.services.remove(&frontend.key(slot)))?;
         }
+        self.note_node_port(frontend, settings.flags & service_flags::NODE_PORT != 0)?;
+        self.terminate_udp(service_id, &leaving);
         Ok(())
     }
 
@@ -474,11 +649,91 @@ impl Dataplane {
     /// that is about to go.
     pub fn remove_service(&mut self, frontend: &Frontend) -> Result<()> {
         let old_count = self.backend_count(frontend)?;
+        let leaving = if self.sock_lb && frontend.proto == Protocol::Udp {
+            let service_id = self.services.get(&frontend.key(0), 0).map(|v| v.service_id);
+            service_id
+                .ok()
+                .map(|id| (id, self.slot_backends(frontend, old_count)))
+        } else {
+            None
+        };
         ignore_missing(self.services.remove(&frontend.key(0)))?;
         for slot in 1..=old_count {
             ignore_missing(self.services.remove(&frontend.key(slot)))?;
         }
+        self.note_node_port(frontend, false)?;
+        if let Some((service_id, backends)) = leaving {
+            self.terminate_udp(service_id, &backends);
+        }
         Ok(())
+    }
+
+    /// The backends `frontend`'s slots `1..=count` name: ids and values.
+    fn slot_backends(&self, frontend: &Frontend, count: u16) -> Vec<(u32, Backend)> {
+        (1..=count)
+            .filter_map(|slot| self.services.get(&frontend.key(slot), 0).ok())
+            .filter_map(|v| {
+                self.backends
+                    .get(&v.backend_id, 0)
+                    .ok()
+                    .map(|b| (v.backend_id, b))
+            })
+            .collect()
+    }
+
+    /// Destroys the connected UDP sockets that the socket hooks sent to
+    /// one of `backends` for the frontend of `service_id` (see
+    /// `sock_diag`): their application sees `ECONNABORTED` and connects
+    /// again, to a backend that serves. Best effort: failures are logged.
+    fn terminate_udp(&self, service_id: u32, backends: &[(u32, Backend)]) {
+        if backends.is_empty() {
+            return;
+        }
+        let sockets = match sock_diag::connected_udp() {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("listing connected UDP sockets: {e}");
+                return;
+            }
+        };
+        let mut destroyed = 0;
+        for sock in sockets {
+            let (peer, port) = (sock.peer(), sock.peer_port());
+            if !backends
+                .iter()
+                .any(|(_, b)| b.addr == peer && b.port == port)
+            {
+                continue;
+            }
+            let key = SockRevKey {
+                cookie: sock.cookie(),
+                addr: peer,
+                port,
+                _pad: [0; 6],
+            };
+            // Only sockets the hooks sent there for this frontend: one
+            // that connected to the backend itself is none of ours.
+            let ours = self
+                .sock_reverse
+                .get(&key, 0)
+                .is_ok_and(|v| v.service_id == service_id);
+            if !ours {
+                continue;
+            }
+            match sock_diag::destroy(&sock) {
+                Ok(()) => destroyed += 1,
+                Err(e) => log::warn!(
+                    "destroying a UDP socket connected to {}:{}: {e}",
+                    unmap_addr(peer),
+                    u16::from_be(port)
+                ),
+            }
+        }
+        if destroyed > 0 {
+            log::info!(
+                "destroyed {destroyed} connected UDP sockets of backends that left service id {service_id}"
+            );
+        }
     }
 
     fn backend_count(&self, frontend: &Frontend) -> Result<u16> {
@@ -633,6 +888,11 @@ impl Pins {
         self.links_dir().join(format!("tcx-{iface}"))
     }
 
+    /// The socket hook `hook` (`connect4`, ...) on the node's cgroup.
+    pub fn cgroup_link(&self, hook: &str) -> PathBuf {
+        self.links_dir().join(format!("cgroup-{hook}"))
+    }
+
     /// Checks the directory is on a bpffs (pins can live nowhere else),
     /// mounting one at the conventional /sys/fs/bpf if that is where it
     /// should be and none is there yet.
@@ -686,6 +946,24 @@ fn is_bpffs(path: &Path) -> bool {
     // SAFETY: statfs writes into the zeroed struct we pass.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Detaches the socket hooks an earlier agent pinned, if any.
+fn remove_sock_lb_links(pins: &Pins) {
+    for (_, hook) in SOCK_PROGRAMS {
+        let pin = pins.cgroup_link(hook);
+        let _ = std::fs::remove_file(pins.links_dir().join(format!("cgroup-{hook}-new")));
+        let _ = std::fs::remove_file(pin);
+    }
+}
+
+/// `NODE_PORTS`' key for a NodePort (port in network byte order).
+fn node_port_key(port_be: u16, proto: u8) -> NodePortKey {
+    NodePortKey {
+        port: port_be,
+        proto,
+        _pad: 0,
+    }
 }
 
 fn pin_link(link: FdLink, pin: &Path) -> Result<()> {

@@ -11,7 +11,7 @@ use svc_agent::{
     agent::{self, Config, SourceConfig, unix_now},
     api::{self, Request, Response},
     apiserver::{Cidr, ServiceNetwork},
-    dataplane::{Pins, XdpForwarding},
+    dataplane::{Pins, SockLbTarget, XdpForwarding},
     kubectl::{self, Output},
 };
 
@@ -157,6 +157,14 @@ struct RunArgs {
     socket: PathBuf,
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
+    /// Socket-level load balancing for the node's own processes
+    /// (hostNetwork pods, kubelet probes, node daemons), which XDP and tcx
+    /// never see: the cgroup v2 directory whose processes get the
+    /// connect/sendmsg/recvmsg/getpeername hooks. Default: the cgroup2
+    /// root, /sys/fs/cgroup (or its unified/ on a hybrid v1/v2 host),
+    /// skipped with a warning if it is not there; "" disables.
+    #[arg(long, env = "SVC_AGENT_CGROUP_PATH")]
+    cgroup_path: Option<String>,
 }
 
 /// A listener's address; empty for none.
@@ -327,6 +335,17 @@ fn run(args: RunArgs) -> Result<()> {
         healthz_addr: args.healthz_bind_address.0,
         metrics_addr: args.metrics_bind_address.0,
         sync_period: args.sync_period,
+        sock_lb: match args.cgroup_path {
+            None => Some(SockLbTarget {
+                cgroup: SockLbTarget::DEFAULT.into(),
+                explicit: false,
+            }),
+            Some(p) if p.is_empty() => None,
+            Some(p) => Some(SockLbTarget {
+                cgroup: p.into(),
+                explicit: true,
+            }),
+        },
     };
     tokio::runtime::Runtime::new()?.block_on(agent::run(config))
 }

@@ -332,3 +332,111 @@ const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 24);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
+// ---------------------------------------------------------------------------
+// Socket-level load balancing (cgroup hooks) for the node's own processes.
+//
+// Packets a process on the node sends never cross XDP or the pod veths' tcx
+// hook, so their translation happens on the socket instead: `connect` and
+// `sendmsg` swap a frontend for a backend before the kernel routes anything,
+// and `recvmsg` and `getpeername` show the frontend again. The hooks read the
+// same `SERVICES` and `BACKENDS`.
+// ---------------------------------------------------------------------------
+
+pub const SOCK_REVERSE_MAP: &str = "SOCK_REVERSE";
+pub const NODE_PORTS_MAP: &str = "NODE_PORTS";
+pub const SOCK_LB_CONFIG_MAP: &str = "SOCK_LB_CONFIG";
+
+/// The cgroup programs, by function name, with the hook each attaches to
+/// (the section name's part after `cgroup/`).
+pub const SOCK_PROGRAMS: [(&str, &str); 8] = [
+    ("svc_connect4", "connect4"),
+    ("svc_connect6", "connect6"),
+    ("svc_sendmsg4", "sendmsg4"),
+    ("svc_sendmsg6", "sendmsg6"),
+    ("svc_recvmsg4", "recvmsg4"),
+    ("svc_recvmsg6", "recvmsg6"),
+    ("svc_getpeername4", "getpeername4"),
+    ("svc_getpeername6", "getpeername6"),
+];
+
+/// `SOCK_REVERSE` capacity: sockets (times the backends each talks to)
+/// whose peer is shown as a frontend. LRU: a closed socket's entries age
+/// out (cookies are never reused, so a stale entry matches nothing).
+pub const MAX_SOCK_REVERSE: u32 = 131_072;
+/// `NODE_PORTS` capacity: one entry per (protocol, nodePort).
+pub const MAX_NODE_PORTS: u32 = 65_536;
+
+/// Key of `SOCK_REVERSE`: a socket (by cookie) and a backend it was sent
+/// to in a frontend's place.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    /// `bpf_get_socket_cookie`, as `sock_diag` reports it too.
+    pub cookie: u64,
+    /// Backend address (IPv4-mapped for IPv4).
+    pub addr: [u8; 16],
+    /// Backend port, network byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of `SOCK_REVERSE`: the address the application asked for (what
+/// `getpeername` and `recvmsg` show it), and the frontend's service id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevValue {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    pub service_id: u32,
+}
+
+/// Key of `NODE_PORTS`: a NodePort, for connections to a loopback address
+/// (127.0.0.0/8, ::1), which `SERVICES` does not list (it holds NodePorts
+/// per node address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodePortKey {
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `NODE_PORTS`: the node-address frontend of each family whose
+/// `SERVICES` entries serve the NodePort (all zero: none of that family).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodePortTarget {
+    /// IPv4-mapped.
+    pub addr_v4: [u8; 16],
+    pub addr_v6: [u8; 16],
+}
+
+/// The single value of `SOCK_LB_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockLbConfig {
+    /// Only sockets of this network namespace (the node's, by
+    /// `SO_NETNS_COOKIE`) are translated; pods keep the tcx path. 0: all.
+    pub netns_cookie: u64,
+}
+
+#[cfg(feature = "user")]
+mod sock_pod {
+    use super::*;
+    // SAFETY: repr(C), Copy, integers only, no implicit padding (asserted).
+    unsafe impl aya::Pod for SockRevKey {}
+    unsafe impl aya::Pod for SockRevValue {}
+    unsafe impl aya::Pod for NodePortKey {}
+    unsafe impl aya::Pod for NodePortTarget {}
+    unsafe impl aya::Pod for SockLbConfig {}
+}
+
+const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
+const _: () = assert!(core::mem::size_of::<SockRevValue>() == 24);
+const _: () = assert!(core::mem::size_of::<NodePortKey>() == 4);
+const _: () = assert!(core::mem::size_of::<NodePortTarget>() == 32);
+const _: () = assert!(core::mem::size_of::<SockLbConfig>() == 8);

@@ -13,6 +13,8 @@
 mod lb;
 mod maps;
 mod packet;
+// Socket-level load balancing for the node's own processes (cgroup hooks).
+mod sock;
 mod tc_rewrite;
 mod xdp_forward;
 mod xdp_rewrite;

@@ -55,3 +55,19 @@ pub static XDP_FORWARD: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UPLINK
 /// time), so it does not take 40 bytes of the programs' 512-byte stack.
 #[map]
 pub static REWRITE: PerCpuArray<crate::lb::Rewrite> = PerCpuArray::with_max_entries(1, 0);
+
+/// Socket-level load balancing (`sock`): for each socket sent to a backend
+/// in a frontend's place, the address the application asked for.
+#[map]
+pub static SOCK_REVERSE: LruHashMap<svc_common::SockRevKey, svc_common::SockRevValue> =
+    LruHashMap::with_max_entries(svc_common::MAX_SOCK_REVERSE, 0);
+
+/// NodePorts by (port, protocol): the node-address frontends a connection
+/// to a loopback address uses.
+#[map]
+pub static NODE_PORTS: HashMap<svc_common::NodePortKey, svc_common::NodePortTarget> =
+    HashMap::with_max_entries(svc_common::MAX_NODE_PORTS, 0);
+
+/// The socket hooks' settings (one entry).
+#[map]
+pub static SOCK_LB_CONFIG: Array<svc_common::SockLbConfig> = Array::with_max_entries(1, 0);
