@@ -483,7 +483,7 @@ impl State {
                 events: self.events.get(&key(s)).cloned().unwrap_or_default(),
             })
             .collect();
-        views.sort_by_key(|v| key(&v.service));
+        views.sort_by_cached_key(|v| key(&v.service));
         let names: BTreeSet<String> = services.iter().map(key).collect();
         let orphan_events = self
             .events

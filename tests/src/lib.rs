@@ -8,6 +8,7 @@
 //! the root namespace never holds one, never routes a packet of ours, and
 //! no program is attached to any of its interfaces.
 pub mod apiserver_standin;
+pub mod bench;
 pub mod cgroup;
 pub mod cluster;
 pub mod fabric;

@@ -4,8 +4,8 @@
 //! * the pinned toolchain's `rust-src` (for `-Z build-std=core`);
 //! * `bpf-linker`, built against the pinned toolchain's own libLLVM, since
 //!   no usable prebuilt exists here;
-//! * the Debian packages the tests drive (iproute2, ethtool, socat, curl,
-//!   iperf3, python3).
+//! * the Debian packages the tests and benchmarks drive (iproute2, ethtool,
+//!   socat, curl, iperf3, python3, bpftool, iptables, nftables, conntrack).
 //!
 //! Nothing is downloaded outside rustup, crates.io and apt.
 use std::{
@@ -29,6 +29,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("python3", "python3"),
     ("bpftool", "bpftool"),
+    // The benchmarks load kube-proxy's rulesets (both iptables backends
+    // come with the iptables package) and flush conntrack between modes.
+    ("iptables-restore", "iptables"),
+    ("iptables-legacy-restore", "iptables"),
+    ("nft", "nftables"),
+    ("conntrack", "conntrack"),
 ];
 
 pub fn workspace_root() -> PathBuf {

@@ -29,9 +29,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Measure the programs against baselines, side by side in one run.
+    /// Measure the programs against baselines and kube-proxy's iptables
+    /// and nftables modes, side by side in one run; writes
+    /// target/bench/report.md and PNG plots.
     Bench {
-        /// Only these parts: costs, throughput, latency, cold-start.
+        /// A short smoke run (fewer sizes, rounds and seconds).
+        #[arg(long)]
+        quick: bool,
+        /// Only these parts: program-cost, datapath, control-plane, costs,
+        /// throughput, nodeport, latency, cold-start.
         parts: Vec<String>,
     },
     /// The article's example Services, served by the agent in a sandbox.
@@ -61,7 +67,7 @@ fn main() -> Result<()> {
             }
             cargo_test(&cmd)
         }
-        Task::Bench { parts } => {
+        Task::Bench { quick, parts } => {
             require_root("the benchmarks")?;
             cargo(&["build", "--release", "--package", "svc-agent"])?;
             let mut cmd = vec![
@@ -73,6 +79,9 @@ fn main() -> Result<()> {
                 "bench",
                 "--",
             ];
+            if quick {
+                cmd.push("--quick");
+            }
             cmd.extend(parts.iter().map(String::as_str));
             cargo(&cmd)
         }
