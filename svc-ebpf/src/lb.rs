@@ -309,7 +309,7 @@ fn is_over(entry: &NatEntry, proto: u8, now: u32, closed_hold_s: u16) -> bool {
 /// loadBalancerSourceRanges: whether any of the service's prefixes holds
 /// the client.
 #[inline(always)]
-fn source_allowed(service_id: u32, client: &[u8; 16]) -> bool {
+pub fn source_allowed(service_id: u32, client: &[u8; 16]) -> bool {
     let key = aya_ebpf::maps::lpm_trie::Key::new(
         32 + 128,
         SourceRangeKey {
@@ -326,13 +326,29 @@ fn now_s() -> u32 {
     (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
 }
 
-/// The backend for a new flow: under ClientIP affinity the client's recent
-/// one while it is fresh and still the frontend's, else one by flow hash.
+/// The backend for a new flow: see `pick_backend`.
 #[inline(always)]
 fn choose_backend(flow: &Flow, frontend: ServiceKey, svc: &ServiceValue) -> Option<u32> {
+    pick_backend(&frontend, svc, &flow.src, flow_hash(flow))
+}
+
+/// The backend for something new to `frontend` (a flow, a socket): under
+/// ClientIP affinity the client's recent one while it is fresh and still
+/// the frontend's, else the slot `hash` falls in. Shared by the packet
+/// programs and the socket hooks, so both balance alike.
+#[inline(always)]
+pub fn pick_backend(
+    frontend: &ServiceKey,
+    svc: &ServiceValue,
+    client: &[u8; 16],
+    hash: u32,
+) -> Option<u32> {
+    if svc.backend_count == 0 {
+        return None;
+    }
     let affinity = svc.flags & service_flags::AFFINITY != 0;
     let key = AffinityKey {
-        client_addr: flow.src,
+        client_addr: *client,
         service_id: svc.service_id,
         _pad: 0,
     };
@@ -347,7 +363,7 @@ fn choose_backend(flow: &Flow, frontend: ServiceKey, svc: &ServiceValue) -> Opti
             let timeout_ns = u64::from(svc.affinity_timeout_s) * 1_000_000_000;
             let slot_key = ServiceKey {
                 slot: recent.slot,
-                ..frontend
+                ..*frontend
             };
             let still_there = recent.slot >= 1
                 && recent.slot <= svc.backend_count
@@ -360,8 +376,8 @@ fn choose_backend(flow: &Flow, frontend: ServiceKey, svc: &ServiceValue) -> Opti
             }
         }
     }
-    let slot = 1 + (flow_hash(flow) % u32::from(svc.backend_count)) as u16;
-    let slot_key = ServiceKey { slot, ..frontend };
+    let slot = 1 + (hash % u32::from(svc.backend_count)) as u16;
+    let slot_key = ServiceKey { slot, ..*frontend };
     let backend_id = unsafe { SERVICES.get(&slot_key) }?.backend_id;
     if affinity {
         remember(&key, backend_id, slot, now);

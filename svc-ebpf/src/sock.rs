@@ -28,24 +28,19 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
-    helpers::generated::{
-        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
-    },
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use core::ptr::{read_volatile, write_volatile};
 use svc_common::{
-    AffinityKey, AffinityValue, DropReason, NodePortKey, PROTO_TCP, PROTO_UDP, ServiceKey,
-    ServiceValue, SockRevKey, SockRevValue, SourceRangeKey, service_flags,
+    DropReason, NodePortKey, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceValue, SockRevKey,
+    SockRevValue, service_flags,
 };
 
 use crate::{
-    lb::count_drop,
-    maps::{
-        AFFINITY, BACKENDS, NODE_PORTS, SERVICES, SNAT_CONFIG, SOCK_LB_CONFIG, SOCK_REVERSE,
-        SOURCE_RANGES,
-    },
+    lb::{self, count_drop},
+    maps::{BACKENDS, NODE_PORTS, SERVICES, SNAT_CONFIG, SOCK_LB_CONFIG, SOCK_REVERSE},
 };
 
 /// What a cgroup hook returns: go on (with the address as the program left
@@ -121,7 +116,8 @@ fn forward(ctx: &SockAddrContext, v6: bool) -> i32 {
     }
     let v4_frontend = is_v4_mapped(&frontend.addr);
     let client = node_addr(v4_frontend);
-    if svc.flags & service_flags::SOURCE_RANGES != 0 && !source_allowed(svc.service_id, &client) {
+    if svc.flags & service_flags::SOURCE_RANGES != 0 && !lb::source_allowed(svc.service_id, &client)
+    {
         count_drop(DropReason::SourceRangeDenied);
         return reject(EPERM);
     }
@@ -233,9 +229,8 @@ fn lookup_frontend(dst: &[u8; 16], port: u16, proto: u8) -> Option<(ServiceKey, 
     Some((key, svc))
 }
 
-/// The backend of a new socket (or datagram): under ClientIP affinity the
-/// client's recent one while fresh and still the frontend's, else the slot
-/// the socket's cookie hashes to.
+/// The backend of a new socket (or datagram): the packet programs' choice,
+/// with the slot the socket's cookie hashes to.
 #[inline(always)]
 fn choose_backend(
     frontend: &ServiceKey,
@@ -243,74 +238,7 @@ fn choose_backend(
     client: &[u8; 16],
     cookie: u64,
 ) -> Option<u32> {
-    let count = svc.backend_count;
-    if count == 0 {
-        return None;
-    }
-    let affinity = svc.flags & service_flags::AFFINITY != 0;
-    let akey = AffinityKey {
-        client_addr: *client,
-        service_id: svc.service_id,
-        _pad: 0,
-    };
-    // SAFETY: a helper without arguments. Only affinity needs the time.
-    let now = if affinity {
-        unsafe { bpf_ktime_get_ns() }
-    } else {
-        0
-    };
-    if affinity {
-        // SAFETY: plain integers.
-        if let Some(recent) = unsafe { AFFINITY.get(&akey) } {
-            let (recent_id, recent_slot, last) =
-                (recent.backend_id, recent.slot, recent.last_used_ns);
-            let timeout_ns = u64::from(svc.affinity_timeout_s) * 1_000_000_000;
-            let slot_key = ServiceKey {
-                slot: recent_slot,
-                ..*frontend
-            };
-            let still_there = recent_slot >= 1
-                && recent_slot <= count
-                && unsafe { SERVICES.get(&slot_key) }.is_some_and(|s| s.backend_id == recent_id);
-            if now.wrapping_sub(last) < timeout_ns && still_there {
-                remember(&akey, recent_id, recent_slot, now);
-                return Some(recent_id);
-            }
-        }
-    }
-    let slot = 1 + (mix(cookie, svc.service_id) % u32::from(count)) as u16;
-    let slot_key = ServiceKey { slot, ..*frontend };
-    // SAFETY: plain integers.
-    let backend_id = unsafe { SERVICES.get(&slot_key) }?.backend_id;
-    if affinity {
-        remember(&akey, backend_id, slot, now);
-    }
-    Some(backend_id)
-}
-
-#[inline(always)]
-fn remember(key: &AffinityKey, backend_id: u32, slot: u16, now: u64) {
-    let value = AffinityValue {
-        backend_id,
-        slot,
-        _pad: 0,
-        last_used_ns: now,
-    };
-    // Best effort: losing it only loses stickiness for this client.
-    let _ = AFFINITY.insert(key, &value, 0);
-}
-
-/// loadBalancerSourceRanges: node-local clients are the node's address.
-#[inline(always)]
-fn source_allowed(service_id: u32, client: &[u8; 16]) -> bool {
-    let key = aya_ebpf::maps::lpm_trie::Key::new(
-        32 + 128,
-        SourceRangeKey {
-            service_id: service_id.to_be_bytes(),
-            addr: *client,
-        },
-    );
-    SOURCE_RANGES.get(&key).is_some()
+    lb::pick_backend(frontend, svc, client, mix(cookie, svc.service_id))
 }
 
 /// The node's address of a family (from the SNAT settings, which the agent
