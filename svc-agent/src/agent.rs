@@ -367,7 +367,7 @@ impl State {
         self.desired = desired;
         // healthCheckNodePorts: kube-proxy answers them with its own
         // liveness (not the Node's eligibility) and this node's endpoints.
-        let proxy_healthy = self.health.lock().unwrap().health.livez(now).status == 200;
+        let proxy_healthy = self.health.lock().unwrap().health.is_healthy(now);
         let checks =
             service_health::health_check_ports(&inputs.services, &inputs.slices, &cfg.node_name);
         self.health_checks.sync(checks, proxy_healthy).await;

@@ -65,7 +65,9 @@ impl Health {
         self.node_eligible = node_eligible(node);
     }
 
-    fn is_healthy(&self, now: SystemTime) -> bool {
+    /// What `/livez` says (no pending change older than the timeout),
+    /// without building its body.
+    pub fn is_healthy(&self, now: SystemTime) -> bool {
         self.oldest_pending.is_none_or(|t| {
             now.duration_since(t)
                 .is_ok_and(|waited| waited < self.timeout)

@@ -351,12 +351,14 @@ pub fn problems(services: &[Service]) -> Vec<Problem> {
 /// the `kubernetes.io/service-name` label), so each Service finds its own
 /// without scanning every slice.
 pub struct SliceIndex<'a> {
-    by_service: BTreeMap<(String, String), Vec<&'a EndpointSlice>>,
+    /// Namespace, then Service name (nested, so a lookup borrows the
+    /// Service's strings instead of allocating a key).
+    by_service: BTreeMap<String, BTreeMap<String, Vec<&'a EndpointSlice>>>,
 }
 
 impl<'a> SliceIndex<'a> {
     pub fn new(slices: &'a [EndpointSlice]) -> Self {
-        let mut by_service: BTreeMap<_, Vec<_>> = BTreeMap::new();
+        let mut by_service: BTreeMap<String, BTreeMap<String, Vec<_>>> = BTreeMap::new();
         for slice in slices {
             let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
             let service = slice
@@ -366,7 +368,9 @@ impl<'a> SliceIndex<'a> {
                 .and_then(|l| l.get(SERVICE_NAME_LABEL));
             if let Some(service) = service.filter(|s| !s.is_empty()) {
                 by_service
-                    .entry((namespace.to_string(), service.clone()))
+                    .entry(namespace.to_string())
+                    .or_default()
+                    .entry(service.clone())
                     .or_default()
                     .push(slice);
             }
@@ -379,7 +383,8 @@ impl<'a> SliceIndex<'a> {
         let namespace = svc.metadata.namespace.as_deref().unwrap_or("default");
         let name = svc.metadata.name.as_deref().unwrap_or("");
         self.by_service
-            .get(&(namespace.to_string(), name.to_string()))
+            .get(namespace)
+            .and_then(|services| services.get(name))
             .map_or(&[], |v| v.as_slice())
     }
 }

@@ -145,10 +145,14 @@ impl Reconciler {
             .flat_map(|t| t.backends.iter().copied())
             .collect();
         let mut unwritable = BTreeMap::new();
-        let mut free_backend_ids = FreeIds::new(self.backends.values().copied(), 1, u32::MAX);
+        // Built on first need: most syncs add no backend and no frontend.
+        let mut free_backend_ids: Option<FreeIds> = None;
         for addr in &wanted {
             if !self.backends.contains_key(addr) {
                 let written = free_backend_ids
+                    .get_or_insert_with(|| {
+                        FreeIds::new(self.backends.values().copied(), 1, u32::MAX)
+                    })
                     .take()
                     .and_then(|id| maps.set_backend(id, *addr).map(|()| id));
                 match written {
@@ -181,11 +185,7 @@ impl Reconciler {
         }
 
         // 3. Frontends whose slots differ are (re)written.
-        let mut free_service_ids = FreeIds::new(
-            self.frontends.values().map(|p| p.service_id),
-            0,
-            MAX_SERVICES - 1,
-        );
+        let mut free_service_ids: Option<FreeIds> = None;
         for (fe, target) in desired {
             let backend_ids: Result<Vec<u32>, String> = target
                 .backends
@@ -208,7 +208,16 @@ impl Reconciler {
             };
             let service_id = match self.frontends.get(fe) {
                 Some(p) => p.service_id,
-                None => match free_service_ids.take() {
+                None => match free_service_ids
+                    .get_or_insert_with(|| {
+                        FreeIds::new(
+                            self.frontends.values().map(|p| p.service_id),
+                            0,
+                            MAX_SERVICES - 1,
+                        )
+                    })
+                    .take()
+                {
                     Ok(id) => id,
                     Err(e) => {
                         changes

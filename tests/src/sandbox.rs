@@ -289,6 +289,27 @@ pub fn url(addr: std::net::IpAddr, port: u16) -> String {
     format!("http://{}/", std::net::SocketAddr::new(addr, port))
 }
 
+/// Who answers `n` requests (HTTP over TCP, or the UDP client) from
+/// `ns` to `addr:port`; panics, naming the request, if any fails.
+pub fn answers(
+    ns: &NetNs,
+    addr: std::net::IpAddr,
+    port: u16,
+    udp: bool,
+    n: usize,
+) -> std::collections::BTreeSet<String> {
+    (0..n)
+        .map(|i| {
+            let r = if udp {
+                udp_ask(ns, addr, port)
+            } else {
+                http_get(ns, addr, port)
+            };
+            r.unwrap_or_else(|e| panic!("request {i} to {addr}:{port} failed: {e:#}"))
+        })
+        .collect()
+}
+
 /// One HTTP GET with curl from inside `ns`; returns the body.
 pub fn http_get(ns: &NetNs, addr: std::net::IpAddr, port: u16) -> Result<String> {
     http_get_path(ns, addr, port, "/")

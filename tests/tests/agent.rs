@@ -5,8 +5,7 @@ use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 use tests::{
     cluster::Cluster,
     load::{Load, assert_no_failures},
-    netns::NetNs,
-    sandbox::{http_get, udp_ask, udp_ask_from},
+    sandbox::{answers, http_get, udp_ask_from},
 };
 
 const WEB: &str = r#"
@@ -67,20 +66,6 @@ fn service_ips(c: &Cluster, name: &str) -> Vec<IpAddr> {
 /// Requests per check that both backends answer: with random source
 /// ports, all of them land on one backend once in 2^15 checks.
 const TRIES: usize = 16;
-
-/// Asks `n` times; every request must succeed; returns who answered.
-fn answers(ns: &NetNs, ip: IpAddr, port: u16, udp: bool, n: usize) -> BTreeSet<String> {
-    (0..n)
-        .map(|i| {
-            let r = if udp {
-                udp_ask(ns, ip, port)
-            } else {
-                http_get(ns, ip, port)
-            };
-            r.unwrap_or_else(|e| panic!("request {i} to {ip}:{port} failed: {e:#}"))
-        })
-        .collect()
-}
 
 fn both() -> BTreeSet<String> {
     ["web-a", "web-b"].map(String::from).into()

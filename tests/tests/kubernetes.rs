@@ -17,7 +17,7 @@ use tests::{
     cluster::{Cluster, NODE_NAME, SYNC_PERIOD},
     load::{Load, assert_no_failures},
     netns::NetNs,
-    sandbox::{http_get, udp_ask, udp_ask_from},
+    sandbox::{self, http_get, udp_ask_from},
 };
 
 const CLUSTER_IP: &str = "10.96.0.10";
@@ -134,17 +134,7 @@ fn wait_for_backends(c: &Cluster, frontend: &str, backends: &[&str]) {
 
 /// Who answers `n` requests; every request must succeed.
 fn answers(ns: &NetNs, ip: &str, port: u16, udp: bool, n: usize) -> BTreeSet<String> {
-    let ip: IpAddr = ip.parse().unwrap();
-    (0..n)
-        .map(|i| {
-            let r = if udp {
-                udp_ask(ns, ip, port)
-            } else {
-                http_get(ns, ip, port)
-            };
-            r.unwrap_or_else(|e| panic!("request {i} to {ip}:{port} failed: {e:#}"))
-        })
-        .collect()
+    sandbox::answers(ns, ip.parse().unwrap(), port, udp, n)
 }
 
 fn pods(names: &[&str]) -> BTreeSet<String> {

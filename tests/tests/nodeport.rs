@@ -12,7 +12,7 @@ use tests::{
     fabric::{EXTERNAL_V4, EXTERNAL_V6},
     multi_node::MultiNodeCluster,
     netns::NetNs,
-    sandbox::{http_get, http_get_path, udp_ask},
+    sandbox::{self, http_get, http_get_path},
 };
 
 const PORT: u16 = 8080;
@@ -109,16 +109,7 @@ fn wait_programmed(c: &MultiNodeCluster, frontend: &str, n: usize) {
 
 /// Who answers `tries` requests from outside; every request must succeed.
 fn answers(ns: &NetNs, addr: &str, port: u16, udp: bool, tries: usize) -> BTreeSet<String> {
-    (0..tries)
-        .map(|i| {
-            let r = if udp {
-                udp_ask(ns, ip(addr), port)
-            } else {
-                http_get(ns, ip(addr), port)
-            };
-            r.unwrap_or_else(|e| panic!("request {i} to {addr}:{port} failed: {e:#}"))
-        })
-        .collect()
+    sandbox::answers(ns, ip(addr), port, udp, tries)
 }
 
 fn set(names: &[&str]) -> BTreeSet<String> {
