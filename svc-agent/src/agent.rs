@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use log::{info, warn};
-use svc_common::DropReason;
+use svc_common::{CtTimeouts, DropReason};
 
 use crate::{
     api::{self, Snapshot},
@@ -46,8 +46,8 @@ pub struct Config {
     pub nodeport_addresses: Vec<Cidr>,
     /// Source ports for traffic from outside SNATed to the node.
     pub snat_ports: RangeInclusive<u16>,
-    /// Seconds a SNAT port rests after the backend closed its flow.
-    pub snat_closed_hold_s: u16,
+    /// How long conntrack entries live.
+    pub ct_timeouts: CtTimeouts,
     pub xdp_forwarding: XdpForwarding,
     pub uplinks: Vec<String>,
     /// Interface names or globs (`veth*`).
@@ -132,6 +132,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let mut dp = Dataplane::load_pinned(&cfg.pins)?;
     dp.set_xdp_forwarding(cfg.xdp_forwarding);
+    dp.set_ct_timeouts(cfg.ct_timeouts)?;
     dp.attach_sock_lb(cfg.sock_lb.as_ref(), &cfg.pins)?;
     let _kernel_log = forward_kernel_log(&mut dp);
     let (backends, frontends) = dp.dump()?;
@@ -242,6 +243,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             _ = resync.tick() => {
                 state.warn_about_new_drops(&cfg, &dp);
                 state.repair_drift(&dp);
+                state.expire_conntrack(&mut dp);
                 state.sync(&cfg, &mut dp, &snapshot).await
             }
             _ = retry => state.sync(&cfg, &mut dp, &snapshot).await,
@@ -261,6 +263,9 @@ struct Counters {
     last_queued: Option<SystemTime>,
     reconcile_errors: u64,
     drift_repairs: u64,
+    /// Conntrack entries at the last sweep, and deleted by sweeps so far.
+    conntrack_entries: usize,
+    conntrack_expired: u64,
 }
 
 impl Default for Counters {
@@ -272,6 +277,8 @@ impl Default for Counters {
             last_queued: None,
             reconcile_errors: 0,
             drift_repairs: 0,
+            conntrack_entries: 0,
+            conntrack_expired: 0,
         }
     }
 }
@@ -390,7 +397,7 @@ impl State {
         if self.snat == Some((v4, v6)) {
             return;
         }
-        match dp.set_snat(v4, v6, cfg.snat_ports.clone(), cfg.snat_closed_hold_s) {
+        match dp.set_snat(v4, v6, cfg.snat_ports.clone()) {
             Ok(()) => {
                 info!(
                     "SNAT for remote backends: {v4:?} {v6:?}, ports {:?}",
@@ -439,6 +446,17 @@ impl State {
                 }
             }
             Err(e) => warn!("reading the maps back: {e:#}"),
+        }
+    }
+
+    /// Deletes the conntrack entries of flows that are over.
+    fn expire_conntrack(&mut self, dp: &mut Dataplane) {
+        match dp.expire_conntrack(crate::conntrack::now_s()) {
+            Ok((entries, deleted)) => {
+                self.counters.conntrack_entries = entries - deleted;
+                self.counters.conntrack_expired += deleted as u64;
+            }
+            Err(e) => warn!("sweeping conntrack: {e:#}"),
         }
     }
 
@@ -564,6 +582,16 @@ impl State {
             "svc_agent_drift_repairs_total",
             "Map entries found different from what was programmed, and repaired.",
             &single(c.drift_repairs as f64),
+        );
+        e.gauge(
+            "svc_agent_conntrack_entries",
+            "Conntrack entries (one per direction of a flow) after the last sweep.",
+            &single(c.conntrack_entries as f64),
+        );
+        e.counter(
+            "svc_agent_conntrack_expired_total",
+            "Conntrack entries of finished flows deleted by the periodic sweep.",
+            &single(c.conntrack_expired as f64),
         );
 
         // Per-frontend traffic, from the per-CPU counters.

@@ -21,10 +21,11 @@ use aya::{
     },
 };
 use svc_common::{
-    AFFINITY_MAP, BACKENDS_MAP, Backend, CONNTRACK_MAP, DROP_STATS_MAP, DropReason, MAX_SERVICES,
-    PROTO_SCTP, PROTO_TCP, PROTO_UDP, SERVICE_STATS_MAP, SERVICES_MAP, SNAT_CONFIG_MAP,
-    SOURCE_RANGES_MAP, ServiceKey, ServiceStats, ServiceValue, SnatConfig, SourceRangeKey,
-    TC_PROGRAM, VIRTUAL_UPLINKS_MAP, XDP_FORWARD_MAP, XDP_PROGRAM, backend_flags,
+    AFFINITY_MAP, BACKENDS_MAP, Backend, CONNTRACK_MAP, CT_TIMEOUTS_MAP, CtTimeouts,
+    DROP_STATS_MAP, DropReason, FlowKey, MAX_SERVICES, NatEntry, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    SERVICE_STATS_MAP, SERVICES_MAP, SNAT_CONFIG_MAP, SOURCE_RANGES_MAP, ServiceKey, ServiceStats,
+    ServiceValue, SnatConfig, SourceRangeKey, TC_PROGRAM, VIRTUAL_UPLINKS_MAP, XDP_FORWARD_MAP,
+    XDP_PROGRAM, backend_flags,
 };
 use svc_common::{
     NODE_PORTS_MAP, NodePortKey, NodePortTarget, SOCK_LB_CONFIG_MAP, SOCK_PROGRAMS,
@@ -39,7 +40,7 @@ mod sock_lb;
 pub use sock_lb::SockLbTarget;
 
 /// Every map, for pinning.
-const MAPS: [&str; 13] = [
+const MAPS: [&str; 14] = [
     AFFINITY_MAP,
     SERVICES_MAP,
     BACKENDS_MAP,
@@ -53,6 +54,7 @@ const MAPS: [&str; 13] = [
     SOCK_REVERSE_MAP,
     NODE_PORTS_MAP,
     SOCK_LB_CONFIG_MAP,
+    CT_TIMEOUTS_MAP,
 ];
 
 /// The eBPF object built by build.rs from `svc-ebpf`.
@@ -201,6 +203,8 @@ pub struct Dataplane {
     drop_stats: PerCpuArray<MapData, u64>,
     virtual_uplinks: HashMap<MapData, u32, u32>,
     snat_config: Array<MapData, SnatConfig>,
+    conntrack: HashMap<MapData, FlowKey, NatEntry>,
+    ct_timeouts: Array<MapData, CtTimeouts>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     xdp_forward: HashMap<MapData, u32, u32>,
     xdp_forwarding: XdpForwarding,
@@ -267,6 +271,8 @@ impl Dataplane {
             drop_stats: PerCpuArray::try_from(take_map(&mut ebpf, DROP_STATS_MAP)?)?,
             virtual_uplinks: HashMap::try_from(take_map(&mut ebpf, VIRTUAL_UPLINKS_MAP)?)?,
             snat_config: Array::try_from(take_map(&mut ebpf, SNAT_CONFIG_MAP)?)?,
+            conntrack: HashMap::try_from(take_map(&mut ebpf, CONNTRACK_MAP)?)?,
+            ct_timeouts: Array::try_from(take_map(&mut ebpf, CT_TIMEOUTS_MAP)?)?,
             source_ranges: LpmTrie::try_from(take_map(&mut ebpf, SOURCE_RANGES_MAP)?)?,
             xdp_forward: HashMap::try_from(take_map(&mut ebpf, XDP_FORWARD_MAP)?)?,
             xdp_forwarding: XdpForwarding::default(),
@@ -277,7 +283,42 @@ impl Dataplane {
             sock_lb: false,
             ebpf,
         }
-        .with_node_ports_rebuilt()
+        .with_node_ports_rebuilt()?
+        .with_ct_timeouts(CtTimeouts::default())
+    }
+
+    /// Every conntrack entry.
+    pub fn conntrack(&self) -> Result<Vec<(FlowKey, NatEntry)>> {
+        Ok(self.conntrack.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Sets how long conntrack entries live (see `CtTimeouts`).
+    pub fn with_ct_timeouts(mut self, timeouts: CtTimeouts) -> Result<Self> {
+        self.set_ct_timeouts(timeouts)?;
+        Ok(self)
+    }
+
+    pub fn set_ct_timeouts(&mut self, timeouts: CtTimeouts) -> Result<()> {
+        self.ct_timeouts.set(0, &timeouts, 0)?;
+        Ok(())
+    }
+
+    /// Deletes the conntrack entries whose flows are over (see
+    /// `conntrack::expired`); returns how many there were and how many
+    /// were deleted.
+    pub fn expire_conntrack(&mut self, now_s: u32) -> Result<(usize, usize)> {
+        let timeouts = self.ct_timeouts.get(&0, 0)?;
+        let entries: std::collections::HashMap<FlowKey, NatEntry> =
+            self.conntrack()?.into_iter().collect();
+        let stale = crate::conntrack::expired(&entries, &timeouts, now_s);
+        let mut deleted = 0;
+        for key in &stale {
+            // Gone already (LRU eviction, the kernel replacing it): fine.
+            if self.conntrack.remove(key).is_ok() {
+                deleted += 1;
+            }
+        }
+        Ok((entries.len(), deleted))
     }
 
     /// Rebuilds `NODE_PORTS` from the NodePort frontends `SERVICES` holds
@@ -536,21 +577,18 @@ impl Dataplane {
     }
 
     /// The node addresses that traffic from outside to a backend on
-    /// another node is SNATed to, the pool of source ports, and how long
-    /// a port rests after its flow was closed.
+    /// another node is SNATed to, and the pool of source ports.
     pub fn set_snat(
         &mut self,
         v4: Option<Ipv4Addr>,
         v6: Option<Ipv6Addr>,
         ports: RangeInclusive<u16>,
-        closed_hold_s: u16,
     ) -> Result<()> {
         let config = SnatConfig {
             addr_v4: v4.map_or([0; 16], |a| map_addr(a.into())),
             addr_v6: v6.map_or([0; 16], |a| a.octets()),
             port_min: *ports.start(),
             port_max: *ports.end(),
-            closed_hold_s,
             _pad: 0,
         };
         self.snat_config.set(0, &config, 0)?;
@@ -789,6 +827,15 @@ pub fn dump_pinned(pins: &Pins) -> Result<MapContents> {
     let backends = HashMap::try_from(aya::maps::Map::HashMap(open(BACKENDS_MAP)?))?;
     let ranges = LpmTrie::try_from(aya::maps::Map::LpmTrie(open(SOURCE_RANGES_MAP)?))?;
     dump(&services, &backends, &ranges)
+}
+
+/// The conntrack entries an agent's pinned map holds (tests, diagnostics).
+pub fn conntrack_pinned(pins: &Pins) -> Result<Vec<(FlowKey, NatEntry)>> {
+    let path = pins.maps_dir().join(CONNTRACK_MAP);
+    let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let conntrack: HashMap<MapData, FlowKey, NatEntry> =
+        HashMap::try_from(aya::maps::Map::LruHashMap(map))?;
+    Ok(conntrack.iter().collect::<Result<_, _>>()?)
 }
 
 fn dump(

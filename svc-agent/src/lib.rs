@@ -3,6 +3,7 @@ pub mod agent;
 pub mod api;
 pub mod apiserver;
 pub mod cluster;
+pub mod conntrack;
 pub mod dataplane;
 pub mod endpoints;
 pub mod health;

@@ -14,6 +14,7 @@ use svc_agent::{
     dataplane::{Pins, SockLbTarget, XdpForwarding},
     kubectl::{self, Output},
 };
+use svc_common::CtTimeouts;
 
 const DEFAULT_SOCKET: &str = "/run/svc-agent/agent.sock";
 const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/svc-agent";
@@ -124,11 +125,19 @@ struct RunArgs {
     /// never clash with the node's own connections).
     #[arg(long, default_value = "61000-65535")]
     snat_port_range: String,
-    /// How long a SNAT port rests after the backend closed its flow, so a
-    /// new flow never meets the backend's TIME_WAIT socket of the old one
-    /// (60 s on Linux).
+    /// How long an idle established TCP flow keeps its backend and
+    /// translation (kube-proxy's flag and default).
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    conntrack_tcp_timeout_established: Duration,
+    /// The same once a FIN or RST was seen. Also how long a SNAT port rests
+    /// after its flow closed, so a new flow never meets the backend's
+    /// TIME_WAIT socket of the old one (60 s on Linux).
     #[arg(long, default_value = "60s", value_parser = duration)]
-    snat_closed_hold: Duration,
+    conntrack_tcp_timeout_closing: Duration,
+    /// The same for an idle UDP flow (kube-proxy's flag; our default is
+    /// the kernel conntrack's).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    conntrack_udp_timeout: Duration,
     /// Whether XDP sends translated packets out of uplinks itself (FIB
     /// lookup, XDP_TX or redirect) or through the stack. auto: physical
     /// uplinks only (a veth's peer must run XDP or GRO to receive them).
@@ -184,6 +193,11 @@ impl std::str::FromStr for BindAddress {
 }
 
 /// "30s", "1m", "1h", "500ms".
+/// Whole seconds (at least one), as the conntrack timestamps count.
+fn seconds(d: Duration) -> Result<u32> {
+    u32::try_from(d.as_secs().max(1)).context("a timeout of at most 136 years")
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
@@ -317,8 +331,12 @@ fn run(args: RunArgs) -> Result<()> {
         node_name,
         nodeport_addresses: args.nodeport_addresses,
         snat_ports: port_range(&args.snat_port_range, "--snat-port-range")?,
-        snat_closed_hold_s: u16::try_from(args.snat_closed_hold.as_secs())
-            .context("--snat-closed-hold: at most 65535 s")?,
+        ct_timeouts: CtTimeouts {
+            tcp_established_s: seconds(args.conntrack_tcp_timeout_established)?,
+            tcp_closing_s: seconds(args.conntrack_tcp_timeout_closing)?,
+            udp_s: seconds(args.conntrack_udp_timeout)?,
+            _pad: 0,
+        },
         xdp_forwarding: match args.xdp_forwarding {
             Forwarding::Auto => XdpForwarding::Auto,
             Forwarding::On => XdpForwarding::On,

@@ -22,6 +22,7 @@ pub const AFFINITY_MAP: &str = "AFFINITY";
 pub const SNAT_CONFIG_MAP: &str = "SNAT_CONFIG";
 pub const SOURCE_RANGES_MAP: &str = "SOURCE_RANGES";
 pub const XDP_FORWARD_MAP: &str = "XDP_FORWARD";
+pub const CT_TIMEOUTS_MAP: &str = "CT_TIMEOUTS";
 
 /// Program names (the Rust function names in `svc-ebpf`).
 pub const XDP_PROGRAM: &str = "svc_xdp";
@@ -163,8 +164,9 @@ pub struct NatEntry {
     /// forward hit so a deleted backend's flows are rebalanced.
     pub backend_id: u32,
     pub service_id: u32,
-    /// Seconds (of `bpf_ktime_get_ns`) of the last reply, for SNATed flows:
-    /// their source ports are reused once the flow is over.
+    /// Monotonic seconds (`bpf_ktime_get_coarse_ns`) of the last packet in
+    /// this entry's direction: entries expire after `CtTimeouts`, and SNAT
+    /// ports are reused once their flow is over.
     pub last_seen_s: u32,
 }
 
@@ -178,15 +180,76 @@ pub mod nat_flags {
     /// The flow came from outside the node to a backend on another node:
     /// source-NATed to the node's address and a port of the SNAT pool.
     pub const SNAT: u16 = 1 << 1;
-    /// A FIN or RST was seen from the backend: the flow is ending.
+    /// A FIN or RST was seen in this entry's direction (a SYN clears it):
+    /// the connection is ending, so the entry expires sooner.
     pub const CLOSING: u16 = 1 << 2;
 }
 
-/// How long a SNAT port stays taken after its flow's last reply, unless
-/// the backend closed it (see `SnatConfig::closed_hold_s`): as long as a
-/// quiet but open connection may plausibly last.
-pub const SNAT_TCP_IDLE_S: u32 = 7_200;
-pub const SNAT_UDP_IDLE_S: u32 = 60;
+/// The single value of `CT_TIMEOUTS`: how long a `CONNTRACK` entry lives
+/// after the last packet in its direction, by protocol and TCP state
+/// (kube-proxy's `--conntrack-*` settings, here for our own table). An
+/// expired forward entry is a new flow to the kernel (balanced afresh); the
+/// agent deletes a pair of entries once both have expired; a SNAT port is
+/// free again once its reply entry has. 0 means never.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    pub tcp_established_s: u32,
+    /// After a FIN or RST (`nat_flags::CLOSING`). Also how long a SNAT port
+    /// rests after its flow closed: the backend's socket lingers in
+    /// TIME_WAIT (60 s on Linux) and may refuse a new SYN from the same
+    /// address and port meanwhile, hence the default.
+    pub tcp_closing_s: u32,
+    pub udp_s: u32,
+    pub _pad: u32,
+}
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp_established_s: 86_400,
+            tcp_closing_s: 60,
+            udp_s: 30,
+            _pad: 0,
+        }
+    }
+}
+
+impl CtTimeouts {
+    /// Whether `entry` (of protocol `proto`) has expired at `now_s`.
+    #[inline(always)]
+    pub fn expired(&self, entry: &NatEntry, proto: u8, now_s: u32) -> bool {
+        let timeout = if proto != PROTO_TCP {
+            self.udp_s
+        } else if entry.flags & nat_flags::CLOSING != 0 {
+            self.tcp_closing_s
+        } else {
+            self.tcp_established_s
+        };
+        timeout != 0 && now_s.wrapping_sub(entry.last_seen_s) > timeout
+    }
+}
+
+impl FlowKey {
+    /// The key of the entry for the other direction of `entry`'s flow
+    /// (`self` being `entry`'s key): each entry holds the tuple its packets
+    /// are rewritten to, which is the other direction's tuple reversed.
+    pub fn partner(&self, entry: &NatEntry) -> FlowKey {
+        FlowKey {
+            src_addr: entry.dst_addr,
+            dst_addr: entry.src_addr,
+            src_port: entry.dst_port,
+            dst_port: entry.src_port,
+            proto: self.proto,
+            direction: if self.direction == CT_FORWARD {
+                CT_REPLY
+            } else {
+                CT_FORWARD
+            },
+            _pad: [0; 2],
+        }
+    }
+}
 /// How many pool ports a new flow tries before giving up.
 pub const SNAT_PROBES: u32 = 16;
 
@@ -200,12 +263,7 @@ pub struct SnatConfig {
     pub addr_v6: [u8; 16],
     pub port_min: u16,
     pub port_max: u16,
-    /// Seconds a port stays taken after the backend closed its flow
-    /// (FIN/RST). The backend's socket lingers in TIME_WAIT (60 s on
-    /// Linux), and a new SYN from the same address and port may be refused
-    /// meanwhile, so the default is that long.
-    pub closed_hold_s: u16,
-    pub _pad: u16,
+    pub _pad: u32,
 }
 
 /// The data of a `SOURCE_RANGES` key (an LPM trie; the prefix length comes
@@ -318,6 +376,7 @@ mod pod {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for SnatConfig {}
+    unsafe impl aya::Pod for CtTimeouts {}
     unsafe impl aya::Pod for SourceRangeKey {}
 }
 
@@ -328,6 +387,7 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 52);
 const _: () = assert!(core::mem::size_of::<SnatConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<CtTimeouts>() == 16);
 const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 24);

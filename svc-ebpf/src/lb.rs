@@ -1,19 +1,21 @@
 //! The load-balancing decision: which packets are service traffic, which
 //! backend a flow goes to, and which packets are replies to translate back.
 //! Pure map logic; rewriting the packet is the caller's job.
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+};
 use svc_common::{
-    AffinityKey, AffinityValue, CT_FORWARD, CT_REPLY, DropReason, FlowKey, NatEntry, PROTO_TCP,
-    SNAT_PROBES, SNAT_TCP_IDLE_S, SNAT_UDP_IDLE_S, ServiceKey, ServiceStats, ServiceValue,
-    SourceRangeKey, backend_flags,
+    AffinityKey, AffinityValue, CT_FORWARD, CT_REPLY, CtTimeouts, DropReason, FlowKey, NatEntry,
+    SNAT_PROBES, ServiceKey, ServiceStats, ServiceValue, SourceRangeKey, backend_flags,
     nat_flags::{CLOSING, HAIRPIN, SNAT},
     service_flags,
 };
 
 use crate::{
     maps::{
-        AFFINITY, BACKENDS, CONNTRACK, DROP_STATS, SERVICE_STATS, SERVICES, SNAT_CONFIG,
-        SOURCE_RANGES,
+        AFFINITY, BACKENDS, CONNTRACK, CT_TIMEOUTS, DROP_STATS, SERVICE_STATS, SERVICES,
+        SNAT_CONFIG, SOURCE_RANGES,
     },
     packet::{Flow, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -79,17 +81,7 @@ pub fn decide(flow: &Flow, packet_len: u32, origin: Origin, rw: &mut Rewrite) ->
     if let Some(nat) = CONNTRACK.get_ptr_mut(&reply) {
         // SAFETY: a valid map value; racing writers only store integers.
         let nat = unsafe { &mut *nat };
-        if nat.flags & SNAT != 0 {
-            // SNAT ports are reused once their flow is over: keep time,
-            // and whether the backend is closing (a SYN-ACK means a new
-            // connection of a client that reused its port).
-            nat.last_seen_s = now_s();
-            if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                nat.flags |= CLOSING;
-            } else if flow.tcp_flags & TCP_SYN != 0 {
-                nat.flags &= !CLOSING;
-            }
-        }
+        touch(nat, flow.tcp_flags, now_s());
         count_service(nat.service_id, packet_len, true);
         return rw.set(nat);
     }
@@ -114,11 +106,16 @@ fn to_backend(
         return Verdict::Drop;
     }
     let forward = flow_key(flow, CT_FORWARD);
-    if let Some(nat) = unsafe { CONNTRACK.get(&forward) } {
+    let now = now_s();
+    if let Some(nat) = CONNTRACK.get_ptr_mut(&forward) {
+        // SAFETY: a valid map value; racing writers only store integers.
+        let nat = unsafe { &mut *nat };
         // The pinned backend must still exist and still be the endpoint we
-        // pinned (ids are reused once freed).
+        // pinned (ids are reused once freed), and the flow must not have
+        // expired (then it starts afresh, as a new flow).
         if let Some(b) = unsafe { BACKENDS.get(&nat.backend_id) } {
-            if b.addr == nat.dst_addr && b.port == nat.dst_port {
+            if b.addr == nat.dst_addr && b.port == nat.dst_port && !expired(nat, flow.proto, now) {
+                touch(nat, flow.tcp_flags, now);
                 count_service(nat.service_id, packet_len, false);
                 return rw.set(nat);
             }
@@ -163,6 +160,7 @@ fn to_backend(
         flags: if hairpin { HAIRPIN } else { 0 },
         backend_id,
         service_id,
+        last_seen_s: now,
         ..NatEntry::default()
     };
     // Hairpin: the frontend becomes the source, so the backend's answer
@@ -187,9 +185,10 @@ fn to_backend(
         src_port: flow.src_port,
         dst_addr: addr,
         dst_port: port,
-        flags: to_frontend.flags,
+        flags: to_frontend.flags | closing_bit(flow.tcp_flags),
         backend_id,
         service_id,
+        last_seen_s: now,
         ..NatEntry::default()
     };
     if CONNTRACK.insert(&forward, &to_backend, 0).is_err() {
@@ -247,7 +246,7 @@ pub fn snat(flow: &Flow, rw: &mut Rewrite) -> bool {
             None => CONNTRACK
                 .insert(&key, &reply, u64::from(BPF_NOEXIST))
                 .is_ok(),
-            Some(old) if is_over(old, flow.proto, reply.last_seen_s, cfg.closed_hold_s) => {
+            Some(old) if expired(old, flow.proto, reply.last_seen_s) => {
                 // The old flow's forward entry would still send its client
                 // (should it reuse its port) to this port: it goes.
                 let old_forward = FlowKey {
@@ -278,9 +277,10 @@ pub fn snat(flow: &Flow, rw: &mut Rewrite) -> bool {
         src_port: port,
         dst_addr: rw.dst,
         dst_port: rw.dst_port,
-        flags: SNAT,
+        flags: SNAT | closing_bit(flow.tcp_flags),
         backend_id: rw.backend_id,
         service_id: rw.service_id,
+        last_seen_s: reply.last_seen_s,
         ..NatEntry::default()
     };
     if CONNTRACK
@@ -293,17 +293,41 @@ pub fn snat(flow: &Flow, rw: &mut Rewrite) -> bool {
     true
 }
 
-/// Whether a SNATed flow's port may be given to another flow.
+/// Whether a conntrack entry has outlived its timeout (`CtTimeouts`).
 #[inline(always)]
-fn is_over(entry: &NatEntry, proto: u8, now: u32, closed_hold_s: u16) -> bool {
-    let hold = if entry.flags & CLOSING != 0 {
-        u32::from(closed_hold_s)
-    } else if proto == PROTO_TCP {
-        SNAT_TCP_IDLE_S
+fn expired(entry: &NatEntry, proto: u8, now: u32) -> bool {
+    CT_TIMEOUTS
+        .get(0)
+        .is_some_and(|t: &CtTimeouts| t.expired(entry, proto, now))
+}
+
+/// Keeps an entry's time and TCP state for its expiry: `CLOSING` from a
+/// FIN or RST on, until a SYN (a client that reused its port). Written
+/// only when something changed, so a busy flow does not dirty the shared
+/// entry on every packet.
+#[inline(always)]
+fn touch(nat: &mut NatEntry, tcp_flags: u8, now: u32) {
+    if nat.last_seen_s != now {
+        nat.last_seen_s = now;
+    }
+    let closing = if tcp_flags & TCP_SYN != 0 {
+        0
     } else {
-        SNAT_UDP_IDLE_S
+        closing_bit(tcp_flags) | (nat.flags & CLOSING)
     };
-    now.wrapping_sub(entry.last_seen_s) > hold
+    if nat.flags & CLOSING != closing {
+        nat.flags = (nat.flags & !CLOSING) | closing;
+    }
+}
+
+/// `CLOSING` if the packet ends its connection.
+#[inline(always)]
+fn closing_bit(tcp_flags: u8) -> u16 {
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        CLOSING
+    } else {
+        0
+    }
 }
 
 /// loadBalancerSourceRanges: whether any of the service's prefixes holds
@@ -320,10 +344,13 @@ pub fn source_allowed(service_id: u32, client: &[u8; 16]) -> bool {
     SOURCE_RANGES.get(&key).is_some()
 }
 
+/// Monotonic seconds, for conntrack times (the coarse clock is cheaper and
+/// plenty fine for timeouts counted in seconds; the agent reads the same
+/// CLOCK_MONOTONIC).
 #[inline(always)]
 fn now_s() -> u32 {
     // SAFETY: a helper without arguments.
-    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }
 
 /// The backend for a new flow: see `pick_backend`.

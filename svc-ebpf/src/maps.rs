@@ -37,6 +37,10 @@ pub static VIRTUAL_UPLINKS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UP
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(MAX_AFFINITY, 0);
 
+/// How long conntrack entries live (one entry; see `CtTimeouts`).
+#[map]
+pub static CT_TIMEOUTS: Array<svc_common::CtTimeouts> = Array::with_max_entries(1, 0);
+
 /// The node's SNAT addresses and port pool (one entry).
 #[map]
 pub static SNAT_CONFIG: Array<SnatConfig> = Array::with_max_entries(1, 0);

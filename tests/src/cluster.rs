@@ -247,13 +247,21 @@ impl Agent {
         ))
     }
 
+    fn pins(&self) -> svc_agent::dataplane::Pins {
+        svc_agent::dataplane::Pins {
+            dir: self.bpffs().join("svc-agent"),
+        }
+    }
+
+    /// The conntrack entries in the agent's pinned map, read from outside.
+    pub fn conntrack(&self) -> Result<Vec<(svc_common::FlowKey, svc_common::NatEntry)>> {
+        svc_agent::dataplane::conntrack_pinned(&self.pins())
+    }
+
     /// The frontends in the agent's pinned maps, as "addr/PROTO" → sorted
     /// backends ("ip:port"), read from outside the agent.
     pub fn frontends(&self) -> Result<BTreeMap<String, Vec<String>>> {
-        let pins = svc_agent::dataplane::Pins {
-            dir: self.bpffs().join("svc-agent"),
-        };
-        let (backends, frontends) = svc_agent::dataplane::dump_pinned(&pins)?;
+        let (backends, frontends) = svc_agent::dataplane::dump_pinned(&self.pins())?;
         Ok(frontends
             .into_iter()
             .map(|(fe, p)| {
@@ -378,7 +386,12 @@ impl Cluster {
     /// Starts `svc-agent run` in the node namespace and waits until it
     /// answers on its socket.
     pub fn start_agent(&mut self) -> Result<()> {
-        let mut args: Vec<String> = Vec::new();
+        self.start_agent_with(&[])
+    }
+
+    /// `start_agent` with extra arguments.
+    pub fn start_agent_with(&mut self, extra: &[&str]) -> Result<()> {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         if self.api.is_some() {
             // NodePort addresses come from the Node object.
             args.extend([

@@ -416,3 +416,123 @@ fn client_ip_session_affinity_keeps_a_client_on_one_pod() {
         "{describe}"
     );
 }
+
+/// A process that dies with the test (a server or client in a pod).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn finished_flows_leave_conntrack_sooner_than_idle_open_ones_which_keep_working() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::Stdio;
+    use svc_common::CT_FORWARD;
+
+    let mut c = Cluster::new("agent-ct").expect("sandbox (needs root)");
+    c.start_agent_with(&[
+        "--sync-period",
+        "1s",
+        "--conntrack-tcp-timeout-closing",
+        "1s",
+        "--conntrack-tcp-timeout-established",
+        "8s",
+    ])
+    .unwrap();
+    c.run_pod("echo", 23, &[("app", "echo")], &[("http", 9090)])
+        .unwrap();
+    // An echo server that keeps its connections open as long as the client.
+    let _echo = Child(
+        c.pod("echo")
+            .ns
+            .command("socat")
+            .args(["TCP6-LISTEN:7000,fork,reuseaddr,ipv6only=0", "EXEC:cat"])
+            .spawn()
+            .unwrap(),
+    );
+    c.write(
+        "echo.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\nspec:\n  clusterIP: 10.96.0.77\n  \
+         selector:\n    app: echo\n  ports:\n  - name: http\n    port: 80\n    targetPort: 9090\n  \
+         - name: hold\n    port: 7000\n    targetPort: 7000\n",
+    )
+    .unwrap();
+    let vip: IpAddr = "10.96.0.77".parse().unwrap();
+    let client = &c.pod("client").ns;
+    c.wait_for("the echo service", Duration::from_secs(10), || {
+        http_get(client, vip, 80).is_ok()
+    })
+    .unwrap();
+
+    // One connection that stays open, echoing a line per line on stdin.
+    let mut held = Child(
+        client
+            .command("python3")
+            .args([
+                "-u",
+                "-c",
+                "import socket, sys\n\
+                 s = socket.create_connection(('10.96.0.77', 7000))\n\
+                 for line in sys.stdin:\n    s.sendall(line.encode()); print(s.recv(100).decode().strip())\n",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut to_held = held.0.stdin.take().unwrap();
+    let mut from_held = BufReader::new(held.0.stdout.take().unwrap());
+    let mut echo = |word: &str| {
+        writeln!(to_held, "{word}").unwrap();
+        let mut line = String::new();
+        from_held.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), word, "the held connection stopped echoing");
+    };
+    echo("one");
+    // And one request whose connection is closed at once.
+    http_get(client, vip, 80).unwrap();
+
+    let port = |p: u16| p.to_be();
+    let flows = |dst_port: u16| {
+        c.agent()
+            .conntrack()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.direction == CT_FORWARD && k.dst_port == port(dst_port))
+            .count()
+    };
+    assert_eq!(flows(7000), 1);
+    // The closed flow's entries go after the closing timeout and a sweep;
+    // the idle open one (established timeout 8 s) stays meanwhile.
+    let closed_at = std::time::Instant::now();
+    c.wait_for("the closed flow to expire", Duration::from_secs(6), || {
+        flows(80) == 0
+    })
+    .unwrap();
+    assert!(closed_at.elapsed() < Duration::from_secs(6));
+    assert_eq!(
+        flows(7000),
+        1,
+        "an idle open flow expired with the closed one"
+    );
+    echo("two");
+    // Idle past its timeout, the open flow goes too...
+    c.wait_for("the idle flow to expire", Duration::from_secs(15), || {
+        flows(7000) == 0
+    })
+    .unwrap();
+    // ...and its next packet is a new flow to the same backend, so the
+    // connection carries on.
+    echo("three");
+    assert_eq!(flows(7000), 1);
+    let (_, metrics) = c.node_get(10249, "/metrics").unwrap();
+    let expired = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("svc_agent_conntrack_expired_total "))
+        .expect("the expiry counter");
+    assert!(expired.parse::<f64>().unwrap() >= 4.0, "{expired}");
+}

@@ -303,7 +303,7 @@ fn snat_ports_are_reused_across_many_short_connections() {
         &[
             "--snat-port-range",
             "61000-61015",
-            "--snat-closed-hold",
+            "--conntrack-tcp-timeout-closing",
             "1s",
         ],
     );

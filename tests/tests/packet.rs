@@ -541,15 +541,19 @@ fn remote_fixture(ports: std::ops::RangeInclusive<u16>) -> Fixture {
         Some(NODE4.parse().unwrap()),
         Some(NODE6.parse().unwrap()),
         ports,
-        CLOSED_HOLD_S,
     )
+    .unwrap();
+    f.dp.set_ct_timeouts(svc_common::CtTimeouts {
+        tcp_closing_s: CLOSED_HOLD_S,
+        ..Default::default()
+    })
     .unwrap();
     f
 }
 
 /// How long a closed flow's SNAT port rests, here (the agent's default is
 /// a minute).
-const CLOSED_HOLD_S: u16 = 1;
+const CLOSED_HOLD_S: u32 = 1;
 
 fn remote_packets() -> Vec<Spec> {
     vec![
@@ -700,4 +704,44 @@ fn load_balancer_source_ranges_admit_only_their_clients() {
         drops.contains(&(DropReason::SourceRangeDenied, 2)),
         "{drops:?}"
     );
+}
+
+#[test]
+fn a_fin_or_rst_marks_its_direction_closing_and_a_syn_reopens_it() {
+    use svc_common::{CT_FORWARD, CT_REPLY, nat_flags::CLOSING};
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    for hook in HOOKS {
+        let mut f = fixture();
+        let closing = |f: &Fixture| -> Vec<(u8, bool)> {
+            let mut v: Vec<(u8, bool)> =
+                f.dp.conntrack()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, e)| (k.direction, e.flags & CLOSING != 0))
+                    .collect();
+            v.sort();
+            v
+        };
+        let mut client = Spec::tcp(CLIENT4, VIP4);
+        client.tcp_flags = SYN;
+        let (a, out) = f.run(hook, &client.build());
+        let backend = assert_dnat(hook, &client, a, &out);
+        assert_eq!(closing(&f), [(CT_FORWARD, false), (CT_REPLY, false)]);
+        // The backend resets: only its direction is closing.
+        let mut reply = client.with_dst(backend).reply();
+        reply.tcp_flags = RST;
+        f.run(hook, &reply.build());
+        assert_eq!(closing(&f), [(CT_FORWARD, false), (CT_REPLY, true)]);
+        client.tcp_flags = FIN_ACK;
+        f.run(hook, &client.build());
+        assert_eq!(closing(&f), [(CT_FORWARD, true), (CT_REPLY, true)]);
+        // The client reuses its port for a new connection.
+        client.tcp_flags = SYN;
+        f.run(hook, &client.build());
+        assert_eq!(closing(&f), [(CT_FORWARD, false), (CT_REPLY, true)]);
+        reply.tcp_flags = SYN | 0x10;
+        f.run(hook, &reply.build());
+        assert_eq!(closing(&f), [(CT_FORWARD, false), (CT_REPLY, false)]);
+    }
 }

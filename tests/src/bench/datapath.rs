@@ -910,7 +910,7 @@ pub fn nodeport_forwarding(ctx: &mut Ctx) -> Result<()> {
     // Thousands of connections a second from one client: closed flows'
     // SNAT ports must come back within a second, and the server must keep
     // no TIME_WAIT that a reused port would meet.
-    let snat = ["--snat-closed-hold", "1s"];
+    let snat = ["--conntrack-tcp-timeout-closing", "1s"];
     c.pod("server")
         .ns
         .run(&["sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"])?;
