@@ -394,27 +394,45 @@ endpoints:
 
 #[test]
 fn client_ip_session_affinity_keeps_a_client_on_one_pod() {
-    let c = web_cluster("agent-sticky");
-    c.write(
-        "sticky.yaml",
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: sticky\nspec:\n  clusterIP: 10.96.0.88\n  \
-         sessionAffinity: ClientIP\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: http\n",
-    )
-    .unwrap();
+    let mut c = web_cluster("agent-sticky");
+    let sticky_service = |affinity: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: sticky\nspec:\n  clusterIP: 10.96.0.88\n  \
+             sessionAffinity: {affinity}\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: http\n"
+        )
+    };
+    c.write("sticky.yaml", &sticky_service("ClientIP")).unwrap();
     c.wait_for_service(&["sticky", "10.96.0.88"]).unwrap();
-    let client = &c.pod("client").ns;
     // Without affinity the same client's requests spread over both pods...
     let ip = service_ips(&c, "web")[0];
-    assert_eq!(answers(client, ip, 80, false, TRIES), both());
+    assert_eq!(answers(&c.pod("client").ns, ip, 80, false, TRIES), both());
     // ...with it, every new connection goes to the pod the first one chose.
     let sticky: IpAddr = "10.96.0.88".parse().unwrap();
-    let got = answers(client, sticky, 80, false, TRIES);
+    let got = answers(&c.pod("client").ns, sticky, 80, false, TRIES);
     assert_eq!(got.len(), 1, "{got:?}");
     let describe = c.cli(&["describe", "service", "sticky"]).unwrap();
     assert!(
         describe.contains("Session Affinity:         ClientIP"),
         "{describe}"
     );
+
+    // The choice lives in a pinned map: it survives an agent restart.
+    c.stop_agent().unwrap();
+    c.start_agent().unwrap();
+    assert_eq!(answers(&c.pod("client").ns, sticky, 80, false, TRIES), got);
+
+    // Switched off on the live Service, requests spread again...
+    c.write("sticky.yaml", &sticky_service("None")).unwrap();
+    c.wait_for("affinity off", Duration::from_secs(10), || {
+        answers(&c.pod("client").ns, sticky, 80, false, TRIES) == both()
+    })
+    .unwrap();
+    // ...and switched back on, they stick to one pod again.
+    c.write("sticky.yaml", &sticky_service("ClientIP")).unwrap();
+    c.wait_for("affinity on", Duration::from_secs(10), || {
+        answers(&c.pod("client").ns, sticky, 80, false, TRIES).len() == 1
+    })
+    .unwrap();
 }
 
 /// A process that dies with the test (a server or client in a pod).
