@@ -470,16 +470,25 @@ impl Dataplane {
         }
     }
 
-    fn attach_cgroup_pinned(&mut self, target: &SockLbTarget, pins: &Pins) -> Result<PathBuf> {
-        let path = target.resolve()?;
-        let cgroup = std::fs::File::open(&path)
+    /// Attaches the socket hooks to the cgroup at `path`, for the sockets
+    /// of every network namespace or only of this one; the links detach
+    /// when dropped.
+    pub fn attach_sock_hooks(
+        &mut self,
+        path: &Path,
+        all_namespaces: bool,
+    ) -> Result<Vec<(&'static str, FdLink)>> {
+        let cgroup = std::fs::File::open(path)
             .with_context(|| format!("opening cgroup {}", path.display()))?;
         let config = SockLbConfig {
-            netns_cookie: sock_lb::netns_cookie()?,
+            netns_cookie: if all_namespaces {
+                0
+            } else {
+                sock_lb::netns_cookie()?
+            },
         };
         self.sock_lb_config.set(0, &config, 0)?;
-        std::fs::create_dir_all(pins.links_dir())
-            .with_context(|| format!("creating {}", pins.links_dir().display()))?;
+        let mut links = Vec::new();
         for (name, hook) in SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?.try_into()?;
             if prog.fd().is_err() {
@@ -489,7 +498,16 @@ impl Dataplane {
             let id = prog
                 .attach(&cgroup, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {hook} to {}", path.display()))?;
-            let link: FdLink = prog.take_link(id)?.try_into()?;
+            links.push((hook, prog.take_link(id)?.try_into()?));
+        }
+        Ok(links)
+    }
+
+    fn attach_cgroup_pinned(&mut self, target: &SockLbTarget, pins: &Pins) -> Result<PathBuf> {
+        let path = target.resolve()?;
+        std::fs::create_dir_all(pins.links_dir())
+            .with_context(|| format!("creating {}", pins.links_dir().display()))?;
+        for (hook, link) in self.attach_sock_hooks(&path, target.all_namespaces)? {
             let pin = pins.cgroup_link(hook);
             // (bpffs names take no dots.)
             let fresh = pins.links_dir().join(format!("cgroup-{hook}-new"));

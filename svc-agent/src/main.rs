@@ -73,6 +73,12 @@ enum Forwarding {
     Off,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SocketLbScope {
+    Node,
+    All,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum OutputFormat {
     Wide,
@@ -174,6 +180,16 @@ struct RunArgs {
     /// skipped with a warning if it is not there; "" disables.
     #[arg(long, env = "SVC_AGENT_CGROUP_PATH")]
     cgroup_path: Option<String>,
+    /// Whose sockets the hooks translate: the node's own network namespace
+    /// (pods keep the per-packet tcx path), or every namespace (pods'
+    /// connections are translated once, at connect).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "node",
+        env = "SVC_AGENT_SOCKET_LB_SCOPE"
+    )]
+    socket_lb_scope: SocketLbScope,
 }
 
 /// A listener's address; empty for none.
@@ -357,11 +373,13 @@ fn run(args: RunArgs) -> Result<()> {
             None => Some(SockLbTarget {
                 cgroup: SockLbTarget::DEFAULT.into(),
                 explicit: false,
+                all_namespaces: args.socket_lb_scope == SocketLbScope::All,
             }),
             Some(p) if p.is_empty() => None,
             Some(p) => Some(SockLbTarget {
                 cgroup: p.into(),
                 explicit: true,
+                all_namespaces: args.socket_lb_scope == SocketLbScope::All,
             }),
         },
     };

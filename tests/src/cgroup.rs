@@ -92,6 +92,21 @@ impl TestCgroup {
         })
     }
 
+    /// The cgroup in the host's hierarchy.
+    pub fn host_path(&self) -> &Path {
+        &self.host_path
+    }
+
+    /// Moves this whole process (every thread, and the children it starts
+    /// from now on) into the cgroup; the teardown moves it back out.
+    pub fn enter(&self) -> Result<()> {
+        std::fs::write(
+            self.host_path.join("cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .with_context(|| format!("moving into {}", self.host_path.display()))
+    }
+
     /// The cgroup as seen inside `ip netns exec` (for `--cgroup-path`).
     pub fn path(&self) -> &Path {
         &self.mount

@@ -16,6 +16,10 @@ pub struct SockLbTarget {
     /// error. Otherwise (the default path) the agent warns and runs
     /// without socket-level load balancing.
     pub explicit: bool,
+    /// Translate the sockets of every network namespace (pods' too, whose
+    /// packets then reach the pod veths already addressed to a backend),
+    /// or only the node's own.
+    pub all_namespaces: bool,
 }
 
 impl SockLbTarget {

@@ -4,8 +4,9 @@
 //! * `datapath`: new connections per second (one request per TCP
 //!   connection, like netperf TCP_CRR), requests per second on kept
 //!   connections (TCP_RR), UDP requests per second (UDP_RR), and bulk TCP
-//!   (iperf3), from two client threads, through four modes on the same
+//!   (iperf3), from two client threads, through five modes on the same
 //!   topology in interleaved rounds: our tc program on the pod veths;
+//!   the same plus our socket hooks (connections translated at connect);
 //!   kube-proxy's iptables rules; kube-proxy's nftables rules; and pod to
 //!   pod with nothing in between (the floor every mode is a ratio to). At
 //!   1, 1k and 10k Services, the probed one last in kube-proxy's lists.
@@ -63,17 +64,27 @@ const CLIENT_THREADS: usize = 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Ebpf,
+    /// The socket hooks translate the client pod's connections at connect
+    /// (tcx stays attached, for what sockets do not cover).
+    Sockets,
     Iptables,
     Nftables,
     Direct,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::Ebpf, Mode::Iptables, Mode::Nftables, Mode::Direct];
+    pub const ALL: [Mode; 5] = [
+        Mode::Ebpf,
+        Mode::Sockets,
+        Mode::Iptables,
+        Mode::Nftables,
+        Mode::Direct,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Ebpf => "svc-proxy (tcx)",
+            Mode::Sockets => "svc-proxy (socket hooks)",
             Mode::Iptables => "kube-proxy iptables",
             Mode::Nftables => "kube-proxy nftables",
             Mode::Direct => "direct pod to pod",
@@ -511,7 +522,7 @@ struct Plan {
 type Samples = Vec<Vec<[Vec<f64>; 4]>>;
 
 pub fn datapath(ctx: &mut Ctx) -> Result<()> {
-    ctx.section("Data path: client pod -> ClusterIP, four modes");
+    ctx.section("Data path: client pod -> ClusterIP, five modes");
     let plan = if ctx.quick {
         Plan {
             sizes: vec![1, 1_000],
@@ -549,10 +560,14 @@ pub fn datapath(ctx: &mut Ctx) -> Result<()> {
             "net.ipv4.ip_local_port_range=1024 65000",
         ])?;
     }
+    // This process (whose threads are the clients) in a cgroup of its own,
+    // for the socket hooks to attach to without touching anything else.
+    let cgroup = crate::cgroup::TestCgroup::new()?;
+    cgroup.enter()?;
     let _servers = Servers::start(&sb.pod("server").ns)?;
     let scratch = std::env::temp_dir().join(format!("svc-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let result = run_sizes(ctx, &plan, &sb, &client_ns, &scratch);
+    let result = run_sizes(ctx, &plan, &sb, &client_ns, &scratch, cgroup.host_path());
     let _ = std::fs::remove_dir_all(&scratch);
     let (samples, loads) = result?;
     report_datapath(ctx, &plan, &samples, &loads)
@@ -567,6 +582,7 @@ fn run_sizes(
     sb: &Sandbox,
     client_ns: &str,
     scratch: &Path,
+    cgroup: &Path,
 ) -> Result<(Samples, Loads)> {
     let node = &sb.node;
     let mut samples: Samples = Vec::new();
@@ -585,6 +601,7 @@ fn run_sizes(
         std::fs::write(&ipt, kube_proxy_rules::iptables_restore(&svcs, &cfg))?;
         std::fs::write(&nft, kube_proxy_rules::nft_ruleset(&svcs, &cfg))?;
         let mut per_mode: Vec<[Vec<f64>; 4]> = vec![Default::default(); Mode::ALL.len()];
+        let mut hooks = Vec::new();
         let (mut ipt_s, mut nft_s) = (Vec::new(), Vec::new());
         clean_netfilter(node)?;
         for round in 0..plan.rounds {
@@ -596,9 +613,12 @@ fn run_sizes(
                 let setup = Instant::now();
                 match mode {
                     Mode::Direct => {}
-                    Mode::Ebpf => {
+                    Mode::Ebpf | Mode::Sockets => {
                         let mut d = sb.attach_dataplane()?;
                         crate::static_services::apply(&mut d, &specs)?;
+                        if mode == Mode::Sockets {
+                            hooks = d.attach_sock_hooks(cgroup, true)?;
+                        }
                         dp = Some(d);
                     }
                     Mode::Iptables => {
@@ -636,6 +656,7 @@ fn run_sizes(
                         (bulk(&sb.pod("client").ns, iperf, plan.bulk_s)?, 0),
                     ])
                 })();
+                hooks.clear();
                 drop(dp); // detaches our programs
                 clean_netfilter(node)?;
                 let m = measured?;
@@ -700,6 +721,7 @@ fn report_datapath(ctx: &mut Ctx, plan: &Plan, samples: &Samples, loads: &Loads)
     ctx.report.markdown(&format!(
         "A single node (`Sandbox`): client pod 10.244.1.10 and server pod 10.244.1.21 on veths of the node namespace, routed. The probed Service (ClusterIP {VIP}) has TCP and UDP port 80 with two endpoints (the server's ports {} and {}) and port {IPERF_PORT} to iperf3; the other Services are fillers with one endpoint each, listed before it (kube-proxy's KUBE-SERVICES is walked in order, so the probe is the worst case). Modes, on the same pods and servers, one after the other in each round (the first mode rotating), medians over {} round(s), ratios to direct pod to pod:\n\n\
         * **svc-proxy (tcx)**: our programs attached as the agent attaches them (`Sandbox::attach_dataplane`: tcx on the pod veths, XDP on the uplink), the Services programmed through the agent's reconciler;\n\
+        * **svc-proxy (socket hooks)**: the same, plus the cgroup socket hooks on a cgroup holding the client (`Dataplane::attach_sock_hooks`, every namespace, as `--socket-lb-scope all`): connections are translated once, at connect, and their packets cross the pod veths' tcx hook already addressed to a backend;\n\
         * **kube-proxy iptables**: kube-proxy's jump rules and full-sync `iptables-restore --noflush` input in the node namespace (`{}`);\n\
         * **kube-proxy nftables**: kube-proxy's `nft -f` transaction for table `ip kube-proxy` (`{}`);\n\
         * **direct**: the client talks to the server's own address; nothing translates (the client threads alternate between the two ports).\n\n\
@@ -759,7 +781,7 @@ fn report_datapath(ctx: &mut Ctx, plan: &Plan, samples: &Samples, loads: &Loads)
                 METRICS[k].0,
                 services_label(plan.sizes[s])
             ),
-            ours: cell(Mode::Ebpf),
+            ours: format!("{} tcx, {} sockets", cell(Mode::Ebpf), cell(Mode::Sockets)),
             iptables: cell(Mode::Iptables),
             nftables: cell(Mode::Nftables),
             baseline: if k == 3 {
