@@ -24,7 +24,7 @@ use crate::{
     api::{self, Snapshot},
     apiserver::{Cidr, ServiceNetwork},
     cluster::{self, ClusterSource},
-    dataplane::{Dataplane, Pins, SockLbTarget, XdpForwarding},
+    dataplane::{Capacity, Dataplane, Pins, SockLbTarget, XdpForwarding},
     health::Health,
     http_server::{self, HealthHandle, SharedHealth},
     manifest_source::ManifestSource,
@@ -48,6 +48,8 @@ pub struct Config {
     pub snat_ports: RangeInclusive<u16>,
     /// How long conntrack entries live.
     pub ct_timeouts: CtTimeouts,
+    /// Map sizes.
+    pub capacity: Capacity,
     pub xdp_forwarding: XdpForwarding,
     pub uplinks: Vec<String>,
     /// Interface names or globs (`veth*`).
@@ -130,7 +132,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     cfg.pins.prepare()?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
-    let mut dp = Dataplane::load_pinned(&cfg.pins)?;
+    let mut dp = Dataplane::load_pinned(&cfg.pins, cfg.capacity)?;
     dp.set_xdp_forwarding(cfg.xdp_forwarding);
     dp.set_ct_timeouts(cfg.ct_timeouts)?;
     dp.attach_sock_lb(cfg.sock_lb.as_ref(), &cfg.pins)?;

@@ -22,10 +22,10 @@ use aya::{
 };
 use svc_common::{
     AFFINITY_MAP, BACKENDS_MAP, Backend, CONNTRACK_MAP, CT_TIMEOUTS_MAP, CtTimeouts,
-    DROP_STATS_MAP, DropReason, FlowKey, MAX_SERVICES, NatEntry, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    SERVICE_STATS_MAP, SERVICES_MAP, SNAT_CONFIG_MAP, SOURCE_RANGES_MAP, ServiceKey, ServiceStats,
-    ServiceValue, SnatConfig, SourceRangeKey, TC_PROGRAM, VIRTUAL_UPLINKS_MAP, XDP_FORWARD_MAP,
-    XDP_PROGRAM, backend_flags,
+    DROP_STATS_MAP, DropReason, FlowKey, MAX_BACKENDS, MAX_CONNTRACK, MAX_SERVICE_SLOTS,
+    MAX_SERVICES, NatEntry, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SERVICE_STATS_MAP, SERVICES_MAP,
+    SNAT_CONFIG_MAP, SOURCE_RANGES_MAP, ServiceKey, ServiceStats, ServiceValue, SnatConfig,
+    SourceRangeKey, TC_PROGRAM, VIRTUAL_UPLINKS_MAP, XDP_FORWARD_MAP, XDP_PROGRAM, backend_flags,
 };
 use svc_common::{
     NODE_PORTS_MAP, NodePortKey, NodePortTarget, SOCK_LB_CONFIG_MAP, SOCK_PROGRAMS,
@@ -217,6 +217,7 @@ pub struct Dataplane {
     /// Whether the socket hooks are attached: then connected UDP sockets
     /// of a backend that leaves a frontend are destroyed.
     sock_lb: bool,
+    capacity: Capacity,
 }
 
 /// Whether XDP sends translated packets out of an uplink itself (after a
@@ -232,20 +233,68 @@ pub enum XdpForwarding {
     Off,
 }
 
+/// How many entries the maps that grow with the cluster hold: set at
+/// load time, so a large cluster needs no rebuilt object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Frontends (each needs a service id, which indexes `SERVICE_STATS`).
+    pub frontends: u32,
+    /// `SERVICES` entries: one per frontend plus one per backend of each.
+    pub service_slots: u32,
+    /// Distinct endpoints (`BACKENDS`).
+    pub backends: u32,
+    /// Flows, two entries each (`CONNTRACK`).
+    pub conntrack: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            frontends: MAX_SERVICES,
+            service_slots: MAX_SERVICE_SLOTS,
+            backends: MAX_BACKENDS,
+            conntrack: MAX_CONNTRACK,
+        }
+    }
+}
+
+impl Capacity {
+    /// The size `map` gets, if it is one of the resizable ones.
+    fn max_entries(&self, map: &str) -> Option<u32> {
+        match map {
+            SERVICES_MAP => Some(self.service_slots),
+            BACKENDS_MAP => Some(self.backends),
+            CONNTRACK_MAP => Some(self.conntrack),
+            SERVICE_STATS_MAP => Some(self.frontends),
+            _ => None,
+        }
+    }
+
+    fn apply(&self, loader: &mut EbpfLoader) {
+        for map in MAPS {
+            if let Some(n) = self.max_entries(map) {
+                loader.map_max_entries(map, n);
+            }
+        }
+    }
+}
+
 impl Dataplane {
     /// Loads the object and both programs (so the verifier has accepted
     /// them before anything is attached), with maps of its own.
     pub fn load() -> Result<Self> {
-        Self::load_with(&mut EbpfLoader::new())
+        Self::load_with(&mut EbpfLoader::new(), Capacity::default())
     }
 
     /// Like `load`, but the maps live pinned under `pins` (see [`Pins`]):
     /// maps pinned by an earlier agent are reused with their contents, so
     /// services and established connections survive agent restarts.
-    pub fn load_pinned(pins: &Pins) -> Result<Self> {
+    pub fn load_pinned(pins: &Pins, capacity: Capacity) -> Result<Self> {
         std::fs::create_dir_all(pins.maps_dir())?;
-        for name in remove_incompatible_pins(pins)? {
-            log::warn!("pinned map {name} has another layout than this version's: recreated empty");
+        for name in remove_incompatible_pins(pins, &capacity)? {
+            log::warn!(
+                "pinned map {name} has another layout or size than this agent's: recreated empty"
+            );
         }
         let paths: Vec<(&str, PathBuf)> =
             MAPS.iter().map(|m| (*m, pins.maps_dir().join(m))).collect();
@@ -253,10 +302,11 @@ impl Dataplane {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        Self::load_with(&mut loader)
+        Self::load_with(&mut loader, capacity)
     }
 
-    fn load_with(loader: &mut EbpfLoader) -> Result<Self> {
+    fn load_with(loader: &mut EbpfLoader, capacity: Capacity) -> Result<Self> {
+        capacity.apply(loader);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
@@ -281,10 +331,15 @@ impl Dataplane {
             sock_lb_config: Array::try_from(take_map(&mut ebpf, SOCK_LB_CONFIG_MAP)?)?,
             node_port_addrs: BTreeMap::new(),
             sock_lb: false,
+            capacity,
             ebpf,
         }
         .with_node_ports_rebuilt()?
         .with_ct_timeouts(CtTimeouts::default())
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
     }
 
     /// Every conntrack entry.
@@ -658,8 +713,11 @@ impl Dataplane {
         settings: Settings,
         backend_ids: &[u32],
     ) -> Result<()> {
-        if service_id >= MAX_SERVICES {
-            bail!("service id {service_id} out of range (max {MAX_SERVICES})");
+        if service_id >= self.capacity.frontends {
+            bail!(
+                "service id {service_id} out of range (--max-frontends {})",
+                self.capacity.frontends
+            );
         }
         let count = u16::try_from(backend_ids.len()).map_err(|_| {
             anyhow!(
@@ -1043,7 +1101,7 @@ fn pin_link(link: FdLink, pin: &Path) -> Result<()> {
 /// would fail the load, so an upgrade would stop the agent. Their content
 /// is lost (conntrack and affinity: flows are balanced afresh); every
 /// other map is adopted as it is, and the reconciler rewrites the rest.
-fn remove_incompatible_pins(pins: &Pins) -> Result<Vec<&'static str>> {
+fn remove_incompatible_pins(pins: &Pins, capacity: &Capacity) -> Result<Vec<&'static str>> {
     let object = aya_obj::Object::parse(EBPF_OBJECT).context("parsing the eBPF object")?;
     let mut removed = Vec::new();
     for name in MAPS {
@@ -1058,7 +1116,7 @@ fn remove_incompatible_pins(pins: &Pins) -> Result<Vec<&'static str>> {
         let same = aya::maps::MapInfo::from_pin(&path).is_ok_and(|have| {
             have.key_size() == want.key_size()
                 && have.value_size() == want.value_size()
-                && have.max_entries() == want.max_entries()
+                && have.max_entries() == capacity.max_entries(name).unwrap_or(want.max_entries())
                 && have.map_type().ok().map(|t| t as u32) == Some(want.map_type())
         });
         if !same {

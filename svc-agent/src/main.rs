@@ -11,7 +11,7 @@ use svc_agent::{
     agent::{self, Config, SourceConfig, unix_now},
     api::{self, Request, Response},
     apiserver::{Cidr, ServiceNetwork},
-    dataplane::{Pins, SockLbTarget, XdpForwarding},
+    dataplane::{Capacity, Pins, SockLbTarget, XdpForwarding},
     kubectl::{self, Output},
 };
 use svc_common::CtTimeouts;
@@ -180,6 +180,21 @@ struct RunArgs {
     /// skipped with a warning if it is not there; "" disables.
     #[arg(long, env = "SVC_AGENT_CGROUP_PATH")]
     cgroup_path: Option<String>,
+    /// Map sizes, fixed when the maps are created (a changed size
+    /// recreates that map empty at the next start, losing its flows).
+    /// Frontends: service IP or NodePort address x port x protocol.
+    #[arg(long, default_value_t = Capacity::default().frontends)]
+    max_frontends: u32,
+    /// Frontends plus, for each, its endpoints.
+    #[arg(long, default_value_t = Capacity::default().service_slots)]
+    max_service_slots: u32,
+    /// Distinct endpoints (address and port) over all Services.
+    #[arg(long, default_value_t = Capacity::default().backends)]
+    max_endpoints: u32,
+    /// Connection-tracking entries (two per flow; least recently used go
+    /// first when full).
+    #[arg(long, default_value_t = Capacity::default().conntrack)]
+    max_conntrack: u32,
     /// Whose sockets the hooks translate: the node's own network namespace
     /// (pods keep the per-packet tcx path), or every namespace (pods'
     /// connections are translated once, at connect).
@@ -369,6 +384,12 @@ fn run(args: RunArgs) -> Result<()> {
         healthz_addr: args.healthz_bind_address.0,
         metrics_addr: args.metrics_bind_address.0,
         sync_period: args.sync_period,
+        capacity: Capacity {
+            frontends: args.max_frontends,
+            service_slots: args.max_service_slots,
+            backends: args.max_endpoints,
+            conntrack: args.max_conntrack,
+        },
         sock_lb: match args.cgroup_path {
             None => Some(SockLbTarget {
                 cgroup: SockLbTarget::DEFAULT.into(),

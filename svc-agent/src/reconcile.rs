@@ -31,6 +31,10 @@ pub trait Maps {
         backends: &[u32],
     ) -> Result<()>;
     fn remove_service(&mut self, fe: &Frontend) -> Result<()>;
+    /// How many service ids there are (ids are `0..service_ids()`).
+    fn service_ids(&self) -> u32 {
+        MAX_SERVICES
+    }
     fn set_source_ranges(
         &mut self,
         service_id: u32,
@@ -40,6 +44,9 @@ pub trait Maps {
 }
 
 impl Maps for Dataplane {
+    fn service_ids(&self) -> u32 {
+        self.capacity().frontends
+    }
     fn set_backend(&mut self, id: u32, ep: Endpoint) -> Result<()> {
         Dataplane::set_backend(self, id, ep)
     }
@@ -213,7 +220,7 @@ impl Reconciler {
                         FreeIds::new(
                             self.frontends.values().map(|p| p.service_id),
                             0,
-                            MAX_SERVICES - 1,
+                            maps.service_ids() - 1,
                         )
                     })
                     .take()

@@ -42,12 +42,12 @@ fn pinned_maps_of_another_layout_are_recreated_and_the_rest_adopted() {
     let pins = Pins {
         dir: fs.dir.join("svc-agent"),
     };
-    drop(Dataplane::load_pinned(&pins).unwrap());
+    drop(Dataplane::load_pinned(&pins, Default::default()).unwrap());
     let services = map_id(&pins, svc_common::SERVICES_MAP);
     let conntrack = map_id(&pins, svc_common::CONNTRACK_MAP);
 
     // The same version again: everything adopted.
-    drop(Dataplane::load_pinned(&pins).unwrap());
+    drop(Dataplane::load_pinned(&pins, Default::default()).unwrap());
     assert_eq!(map_id(&pins, svc_common::CONNTRACK_MAP), conntrack);
 
     // An older CONNTRACK: same name, a value of another size.
@@ -70,7 +70,10 @@ fn pinned_maps_of_another_layout_are_recreated_and_the_rest_adopted() {
         ]))
     .expect("bpftool map create");
     let old = map_id(&pins, svc_common::CONNTRACK_MAP);
-    drop(Dataplane::load_pinned(&pins).expect("an old pin must not stop the agent"));
+    drop(
+        Dataplane::load_pinned(&pins, Default::default())
+            .expect("an old pin must not stop the agent"),
+    );
     let info = MapInfo::from_pin(&path).unwrap();
     assert_ne!(info.id(), old, "the incompatible map was replaced");
     assert_eq!(
@@ -82,4 +85,19 @@ fn pinned_maps_of_another_layout_are_recreated_and_the_rest_adopted() {
         services,
         "the rest adopted"
     );
+
+    // A larger BACKENDS asked for (--max-endpoints): that map is recreated
+    // at its new size, the rest adopted.
+    let capacity = svc_agent::dataplane::Capacity {
+        backends: 1 << 20,
+        ..Default::default()
+    };
+    let backends = map_id(&pins, svc_common::BACKENDS_MAP);
+    let dp = Dataplane::load_pinned(&pins, capacity).unwrap();
+    assert_eq!(dp.capacity(), capacity);
+    drop(dp);
+    let info = MapInfo::from_pin(pins.maps_dir().join(svc_common::BACKENDS_MAP)).unwrap();
+    assert_ne!(info.id(), backends);
+    assert_eq!(info.max_entries(), 1 << 20);
+    assert_eq!(map_id(&pins, svc_common::SERVICES_MAP), services);
 }

@@ -238,28 +238,17 @@ fn list(shared: &Shared, route: &Route, query: &Query) -> Result<Response<Body>,
             )));
         }
     };
-    let (rv, objects) = shared.read(|s| s.snapshot(route.rt, at)).map_err(|e| {
-        if continued.is_some() {
-            ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
-        } else {
-            e
-        }
-    })?;
-    let start = continued.map(|(_, key)| key);
-    let mut matching = objects
-        .into_iter()
-        .filter(|(key, _)| start.as_ref().is_none_or(|s| key > s))
-        .filter(|(_, obj)| filter.matches(obj))
-        .peekable();
-    let mut items = Vec::new();
-    let mut next = None;
-    while let Some((key, obj)) = matching.next() {
-        items.push(obj);
-        if limit.is_some_and(|l| items.len() as u64 >= l) {
-            next = matching.peek().map(|_| encode_continue(rv, &key));
-            break;
-        }
-    }
+    let start = continued.as_ref().map(|(_, key)| key);
+    let (rv, items, last) = shared
+        .read(|s| s.list_page(route.rt, at, start, limit, |obj| filter.matches(obj)))
+        .map_err(|e| {
+            if continued.is_some() {
+                ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
+            } else {
+                e
+            }
+        })?;
+    let next = last.map(|key| encode_continue(rv, &key));
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     if let Some(token) = next {
         metadata["continue"] = json!(token);
