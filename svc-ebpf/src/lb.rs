@@ -3,17 +3,17 @@
 //! Pure map logic; rewriting the packet is the caller's job.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use svc_common::{
-    AffinityKey, AffinityValue, CT_FORWARD, CT_REPLY, DropReason, FlowKey, NatEntry, PROTO_TCP,
-    SNAT_PROBES, SNAT_TCP_IDLE_S, SNAT_UDP_IDLE_S, ServiceKey, ServiceStats, ServiceValue,
-    SourceRangeKey, backend_flags,
+    AffinityKey, AffinityValue, CT_FORWARD, CT_REPLY, DropReason, FlowKey, MAGLEV_CHUNK_SLOTS,
+    MaglevKey, NatEntry, PROTO_TCP, SNAT_PROBES, SNAT_TCP_IDLE_S, SNAT_UDP_IDLE_S, ServiceKey,
+    ServiceStats, ServiceValue, SourceRangeKey, backend_flags,
     nat_flags::{CLOSING, HAIRPIN, SNAT},
     service_flags,
 };
 
 use crate::{
     maps::{
-        AFFINITY, BACKENDS, CONNTRACK, DROP_STATS, SERVICE_STATS, SERVICES, SNAT_CONFIG,
-        SOURCE_RANGES,
+        AFFINITY, BACKENDS, CONNTRACK, DROP_STATS, MAGLEV, MAGLEV_CONFIG, SERVICE_STATS, SERVICES,
+        SNAT_CONFIG, SOURCE_RANGES,
     },
     packet::{Flow, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -334,8 +334,9 @@ fn choose_backend(flow: &Flow, frontend: ServiceKey, svc: &ServiceValue) -> Opti
 
 /// The backend for something new to `frontend` (a flow, a socket): under
 /// ClientIP affinity the client's recent one while it is fresh and still
-/// the frontend's, else the slot `hash` falls in. Shared by the packet
-/// programs and the socket hooks, so both balance alike.
+/// the frontend's, else the slot `hash` picks (`slot_for`: Maglev or
+/// modulo). Shared by the packet programs and the socket hooks, so both
+/// balance alike.
 #[inline(always)]
 pub fn pick_backend(
     frontend: &ServiceKey,
@@ -376,13 +377,50 @@ pub fn pick_backend(
             }
         }
     }
-    let slot = 1 + (hash % u32::from(svc.backend_count)) as u16;
+    let slot = slot_for(svc, hash);
     let slot_key = ServiceKey { slot, ..*frontend };
     let backend_id = unsafe { SERVICES.get(&slot_key) }?.backend_id;
     if affinity {
         remember(&key, backend_id, slot, now);
     }
     Some(backend_id)
+}
+
+/// The slot `hash` picks: the frontend's Maglev table entry if it has a
+/// table (so a change of backends moves few new flows), else `1 + hash %
+/// count`. An entry beyond the count, met while the agent rewrites a table
+/// and its frontend one map write after the other, falls back to the
+/// modulo rather than to a slot that may be gone. `backend_count` > 0.
+#[inline(always)]
+fn slot_for(svc: &ServiceValue, hash: u32) -> u16 {
+    let count = svc.backend_count;
+    if svc.flags & service_flags::MAGLEV != 0
+        && let Some(slot) = maglev_entry(svc.service_id, hash)
+        && slot >= 1
+        && slot <= count
+    {
+        return slot;
+    }
+    1 + (hash % u32::from(count)) as u16
+}
+
+/// Entry `hash % M` of service `service_id`'s Maglev table.
+#[inline(always)]
+fn maglev_entry(service_id: u32, hash: u32) -> Option<u16> {
+    let size = MAGLEV_CONFIG.get(0)?.table_size;
+    if size == 0 {
+        return None;
+    }
+    let index = hash % size;
+    let key = MaglevKey {
+        service_id,
+        chunk: index / MAGLEV_CHUNK_SLOTS as u32,
+    };
+    // A pointer, not a copy: the chunk is 1 KiB, the stack 512 bytes.
+    let chunk = MAGLEV.get_ptr(&key)?;
+    let i = (index % MAGLEV_CHUNK_SLOTS as u32) as usize;
+    // SAFETY: a valid map value; `get` bounds the index for the verifier.
+    unsafe { (*chunk).slots.get(i).copied() }
 }
 
 #[inline(always)]
