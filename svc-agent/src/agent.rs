@@ -27,6 +27,7 @@ use crate::{
     dataplane::{Capacity, Dataplane, Pins, SockLbTarget, XdpForwarding},
     health::Health,
     http_server::{self, HealthHandle, SharedHealth},
+    maglev::LoadBalancing,
     manifest_source::ManifestSource,
     metrics::{self, Exposition, Histogram, Sample, single},
     model::{self, Desired, Node, Problem, SliceIndex},
@@ -70,6 +71,8 @@ pub struct Config {
     /// Socket-level load balancing for the node's own processes: the
     /// cgroup the socket hooks attach to (None: off).
     pub sock_lb: Option<SockLbTarget>,
+    /// How new flows pick their backend (Maglev tables, or the modulo).
+    pub load_balancing: LoadBalancing,
 }
 
 pub enum SourceConfig {
@@ -135,6 +138,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut dp = Dataplane::load_pinned(&cfg.pins, cfg.capacity)?;
     dp.set_xdp_forwarding(cfg.xdp_forwarding);
     dp.set_ct_timeouts(cfg.ct_timeouts)?;
+    // Before the maps are read back: a new table size deletes the old
+    // tables, and the frontends are then adopted without them.
+    dp.set_load_balancing(cfg.load_balancing)?;
+    info!("new flows pick their backend by {}", cfg.load_balancing);
     dp.attach_sock_lb(cfg.sock_lb.as_ref(), &cfg.pins)?;
     let _kernel_log = forward_kernel_log(&mut dp);
     let (backends, frontends) = dp.dump()?;

@@ -28,11 +28,17 @@ use svc_common::{
     SourceRangeKey, TC_PROGRAM, VIRTUAL_UPLINKS_MAP, XDP_FORWARD_MAP, XDP_PROGRAM, backend_flags,
 };
 use svc_common::{
+    MAGLEV_CHUNK_SLOTS, MAGLEV_CONFIG_MAP, MAGLEV_MAP, MaglevChunk, MaglevConfig, MaglevKey,
+};
+use svc_common::{
     NODE_PORTS_MAP, NodePortKey, NodePortTarget, SOCK_LB_CONFIG_MAP, SOCK_PROGRAMS,
     SOCK_REVERSE_MAP, SockLbConfig, SockRevKey, SockRevValue, service_flags,
 };
 
-use crate::reconcile::Programmed;
+use crate::{
+    maglev::{LoadBalancing, TableSize},
+    reconcile::Programmed,
+};
 
 pub mod sock_diag;
 mod sock_lb;
@@ -40,7 +46,7 @@ mod sock_lb;
 pub use sock_lb::SockLbTarget;
 
 /// Every map, for pinning.
-const MAPS: [&str; 14] = [
+const MAPS: [&str; 16] = [
     AFFINITY_MAP,
     SERVICES_MAP,
     BACKENDS_MAP,
@@ -55,6 +61,8 @@ const MAPS: [&str; 14] = [
     NODE_PORTS_MAP,
     SOCK_LB_CONFIG_MAP,
     CT_TIMEOUTS_MAP,
+    MAGLEV_MAP,
+    MAGLEV_CONFIG_MAP,
 ];
 
 /// The eBPF object built by build.rs from `svc-ebpf`.
@@ -211,6 +219,10 @@ pub struct Dataplane {
     sock_reverse: HashMap<MapData, SockRevKey, SockRevValue>,
     node_ports: HashMap<MapData, NodePortKey, NodePortTarget>,
     sock_lb_config: Array<MapData, SockLbConfig>,
+    maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
+    maglev_config: Array<MapData, MaglevConfig>,
+    /// What `maglev_config` holds.
+    load_balancing: LoadBalancing,
     /// The node addresses each NodePort (protocol, port) has frontends on,
     /// behind `NODE_PORTS` (which names one per family).
     node_port_addrs: BTreeMap<NodePortKey, BTreeSet<IpAddr>>,
@@ -281,14 +293,18 @@ impl Capacity {
 
 impl Dataplane {
     /// Loads the object and both programs (so the verifier has accepted
-    /// them before anything is attached), with maps of its own.
+    /// them before anything is attached), with maps of its own and the
+    /// default load balancing.
     pub fn load() -> Result<Self> {
-        Self::load_with(&mut EbpfLoader::new(), Capacity::default())
+        let mut dp = Self::load_with(&mut EbpfLoader::new(), Capacity::default())?;
+        dp.set_load_balancing(LoadBalancing::default())?;
+        Ok(dp)
     }
 
     /// Like `load`, but the maps live pinned under `pins` (see [`Pins`]):
     /// maps pinned by an earlier agent are reused with their contents, so
-    /// services and established connections survive agent restarts.
+    /// services and established connections survive agent restarts. The
+    /// load balancing is the pinned one until `set_load_balancing`.
     pub fn load_pinned(pins: &Pins, capacity: Capacity) -> Result<Self> {
         std::fs::create_dir_all(pins.maps_dir())?;
         for name in remove_incompatible_pins(pins, &capacity)? {
@@ -329,13 +345,17 @@ impl Dataplane {
             sock_reverse: HashMap::try_from(take_map(&mut ebpf, SOCK_REVERSE_MAP)?)?,
             node_ports: HashMap::try_from(take_map(&mut ebpf, NODE_PORTS_MAP)?)?,
             sock_lb_config: Array::try_from(take_map(&mut ebpf, SOCK_LB_CONFIG_MAP)?)?,
+            maglev: HashMap::try_from(take_map(&mut ebpf, MAGLEV_MAP)?)?,
+            maglev_config: Array::try_from(take_map(&mut ebpf, MAGLEV_CONFIG_MAP)?)?,
+            load_balancing: LoadBalancing::Hash,
             node_port_addrs: BTreeMap::new(),
             sock_lb: false,
             capacity,
             ebpf,
         }
         .with_node_ports_rebuilt()?
-        .with_ct_timeouts(CtTimeouts::default())
+        .with_ct_timeouts(CtTimeouts::default())?
+        .with_load_balancing_read()
     }
 
     pub fn capacity(&self) -> Capacity {
@@ -374,6 +394,43 @@ impl Dataplane {
             }
         }
         Ok((entries.len(), deleted))
+    }
+
+    /// Reads the table size the (possibly adopted) config holds.
+    fn with_load_balancing_read(mut self) -> Result<Self> {
+        let size = self.maglev_config.get(&0, 0)?.table_size;
+        self.load_balancing = match size {
+            0 => LoadBalancing::Hash,
+            m => TableSize::new(m).map_or(LoadBalancing::Hash, LoadBalancing::Maglev),
+        };
+        Ok(self)
+    }
+
+    /// How new flows pick their backend. A change of table size (or of
+    /// mode) deletes every table first (frontends fall back to the modulo
+    /// meanwhile; `dump` then reports them without one, so the reconciler
+    /// writes them again).
+    pub fn set_load_balancing(&mut self, lb: LoadBalancing) -> Result<()> {
+        let size = lb.table_size().map_or(0, TableSize::get);
+        if self.maglev_config.get(&0, 0)?.table_size == size {
+            self.load_balancing = lb;
+            return Ok(());
+        }
+        let stale: Vec<MaglevKey> = self.maglev.keys().filter_map(|k| k.ok()).collect();
+        for key in stale {
+            ignore_missing(self.maglev.remove(&key))?;
+        }
+        let config = MaglevConfig {
+            table_size: size,
+            _pad: 0,
+        };
+        self.maglev_config.set(0, &config, 0)?;
+        self.load_balancing = lb;
+        Ok(())
+    }
+
+    pub fn load_balancing(&self) -> LoadBalancing {
+        self.load_balancing
     }
 
     /// Rebuilds `NODE_PORTS` from the NodePort frontends `SERVICES` holds
@@ -700,18 +757,26 @@ impl Dataplane {
         ignore_missing(self.backends.remove(&id))
     }
 
-    /// Points `frontend` at `backend_ids` (which must exist already).
+    /// Points `frontend` at `backend_ids` (which must exist already), with
+    /// `maglev` as its Maglev table (`maglev::table`: a slot number per
+    /// entry, as many as the configured table size) or without one.
     ///
     /// Order matters to packets in flight: backend slots are written first,
-    /// then slot 0 with the new count, and only then are slots beyond the
-    /// new count deleted. A packet never sees a count that reaches past the
-    /// written slots.
+    /// then the table, then slot 0 with the new count and flags, and only
+    /// then are slots beyond the new count (and a table no longer wanted)
+    /// deleted. A packet never sees a count that reaches past the written
+    /// slots. The slots do move under a table being rewritten (slot k names
+    /// the k-th backend, in address order), so a new flow that arrives
+    /// meanwhile may meet another live backend than the new table will
+    /// give, and an entry above the count a packet read; the kernel takes
+    /// the modulo for those.
     pub fn set_service(
         &mut self,
         frontend: &Frontend,
         service_id: u32,
         settings: Settings,
         backend_ids: &[u32],
+        maglev: Option<&[u16]>,
     ) -> Result<()> {
         if service_id >= self.capacity.frontends {
             bail!(
@@ -725,7 +790,11 @@ impl Dataplane {
                 backend_ids.len()
             )
         })?;
-        let old_count = self.backend_count(frontend)?;
+        if let Some(table) = maglev {
+            self.check_maglev(table, count)?;
+        }
+        let old_head = self.head(frontend)?;
+        let old_count = old_head.map_or(0, |h| h.backend_count);
         // Connected UDP sockets are pinned to a backend for life: those of
         // backends leaving the frontend are destroyed once it is rewritten.
         let leaving = if self.sock_lb && frontend.proto == Protocol::Udp {
@@ -743,10 +812,31 @@ impl Dataplane {
             };
             self.services.insert(&frontend.key(slot), &value, 0)?;
         }
+        // A table that cannot be written (a full MAGLEV map) leaves the
+        // frontend on the modulo rather than unprogrammed; `dump` reports
+        // it without a table, so drift repair tries again.
+        let with_table = match maglev {
+            Some(table) => match self.write_maglev(service_id, table) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!(
+                        "{} {:?}: no Maglev table, new flows hashed modulo the backend count: {e:#}",
+                        frontend.addr,
+                        frontend.proto
+                    );
+                    false
+                }
+            },
+            None => false,
+        };
+        let mut flags = settings.flags & !service_flags::MAGLEV;
+        if with_table {
+            flags |= service_flags::MAGLEV;
+        }
         let head = ServiceValue {
             service_id,
             backend_count: count,
-            flags: settings.flags,
+            flags,
             affinity_timeout_s: settings.affinity_timeout_s,
             ..ServiceValue::default()
         };
@@ -754,20 +844,32 @@ impl Dataplane {
         for slot in count + 1..=old_count {
             ignore_missing(self.services.remove(&frontend.key(slot)))?;
         }
+        // Tables no longer read: the frontend's old one if it now goes
+        // without (or had another id), and one only partly written.
+        if let Some(old) = old_head
+            && old.flags & service_flags::MAGLEV != 0
+            && (!with_table || old.service_id != service_id)
+        {
+            self.remove_maglev(old.service_id)?;
+        }
+        if maglev.is_some() && !with_table {
+            self.remove_maglev(service_id)?;
+        }
         self.note_node_port(frontend, settings.flags & service_flags::NODE_PORT != 0)?;
         self.terminate_udp(service_id, &leaving);
         Ok(())
     }
 
     /// Removes `frontend`: slot 0 first, so no packet is sent to a slot
-    /// that is about to go.
+    /// (or table) that is about to go.
     pub fn remove_service(&mut self, frontend: &Frontend) -> Result<()> {
-        let old_count = self.backend_count(frontend)?;
+        let Some(head) = self.head(frontend)? else {
+            self.note_node_port(frontend, false)?;
+            return Ok(());
+        };
+        let old_count = head.backend_count;
         let leaving = if self.sock_lb && frontend.proto == Protocol::Udp {
-            let service_id = self.services.get(&frontend.key(0), 0).map(|v| v.service_id);
-            service_id
-                .ok()
-                .map(|id| (id, self.slot_backends(frontend, old_count)))
+            Some(self.slot_backends(frontend, old_count))
         } else {
             None
         };
@@ -775,11 +877,68 @@ impl Dataplane {
         for slot in 1..=old_count {
             ignore_missing(self.services.remove(&frontend.key(slot)))?;
         }
+        if head.flags & service_flags::MAGLEV != 0 {
+            self.remove_maglev(head.service_id)?;
+        }
         self.note_node_port(frontend, false)?;
-        if let Some((service_id, backends)) = leaving {
-            self.terminate_udp(service_id, &backends);
+        if let Some(backends) = leaving {
+            self.terminate_udp(head.service_id, &backends);
         }
         Ok(())
+    }
+
+    /// The configured table size in entries (0: no tables).
+    fn maglev_size(&self) -> usize {
+        self.load_balancing
+            .table_size()
+            .map_or(0, |m| m.get() as usize)
+    }
+
+    fn check_maglev(&self, table: &[u16], count: u16) -> Result<()> {
+        let size = self.maglev_size();
+        if table.len() != size {
+            bail!(
+                "a Maglev table of {} entries, where the dataplane's have {size}",
+                table.len()
+            );
+        }
+        if table.iter().any(|&slot| slot == 0 || slot > count) {
+            bail!("a Maglev table entry names no slot of the {count}");
+        }
+        Ok(())
+    }
+
+    /// Writes service `service_id`'s table, chunk by chunk (each chunk is
+    /// replaced whole: a packet reads the old one or the new one).
+    fn write_maglev(&mut self, service_id: u32, table: &[u16]) -> Result<()> {
+        for (chunk, entries) in (0..).zip(table.chunks(MAGLEV_CHUNK_SLOTS)) {
+            let mut value = MaglevChunk {
+                slots: [0; MAGLEV_CHUNK_SLOTS],
+            };
+            value.slots[..entries.len()].copy_from_slice(entries);
+            let key = MaglevKey { service_id, chunk };
+            self.maglev
+                .insert(&key, &value, 0)
+                .context("writing its table (is the MAGLEV map full?)")?;
+        }
+        Ok(())
+    }
+
+    fn remove_maglev(&mut self, service_id: u32) -> Result<()> {
+        for chunk in 0..maglev_chunks(self.maglev_size()) {
+            ignore_missing(self.maglev.remove(&MaglevKey { service_id, chunk }))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets every flow, so the next packet of each is balanced afresh as
+    /// a new flow (the packet-level tests measure where new flows go).
+    pub fn clear_conntrack(&mut self) -> Result<usize> {
+        let keys: Vec<FlowKey> = self.conntrack.keys().filter_map(|k| k.ok()).collect();
+        for key in &keys {
+            ignore_missing(self.conntrack.remove(key))?;
+        }
+        Ok(keys.len())
     }
 
     /// The backends `frontend`'s slots `1..=count` name: ids and values.
@@ -850,10 +1009,11 @@ impl Dataplane {
         }
     }
 
-    fn backend_count(&self, frontend: &Frontend) -> Result<u16> {
+    /// `frontend`'s slot 0, if it has one.
+    fn head(&self, frontend: &Frontend) -> Result<Option<ServiceValue>> {
         match self.services.get(&frontend.key(0), 0) {
-            Ok(v) => Ok(v.backend_count),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(0),
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -885,7 +1045,13 @@ impl Dataplane {
     /// What the maps hold, for a reconciler adopting them: backend ids
     /// and each frontend's slots.
     pub fn dump(&self) -> Result<MapContents> {
-        dump(&self.services, &self.backends, &self.source_ranges)
+        dump(
+            &self.services,
+            &self.backends,
+            &self.source_ranges,
+            &self.maglev,
+            self.maglev_size(),
+        )
     }
 }
 
@@ -902,7 +1068,16 @@ pub fn dump_pinned(pins: &Pins) -> Result<MapContents> {
     let services = HashMap::try_from(aya::maps::Map::HashMap(open(SERVICES_MAP)?))?;
     let backends = HashMap::try_from(aya::maps::Map::HashMap(open(BACKENDS_MAP)?))?;
     let ranges = LpmTrie::try_from(aya::maps::Map::LpmTrie(open(SOURCE_RANGES_MAP)?))?;
-    dump(&services, &backends, &ranges)
+    let maglev = HashMap::try_from(aya::maps::Map::HashMap(open(MAGLEV_MAP)?))?;
+    let config: Array<MapData, MaglevConfig> =
+        Array::try_from(aya::maps::Map::Array(open(MAGLEV_CONFIG_MAP)?))?;
+    let size = config.get(&0, 0)?.table_size as usize;
+    dump(&services, &backends, &ranges, &maglev, size)
+}
+
+/// How many `MAGLEV` chunks a table of `size` entries takes.
+fn maglev_chunks(size: usize) -> u32 {
+    size.div_ceil(MAGLEV_CHUNK_SLOTS) as u32
 }
 
 /// The conntrack entries an agent's pinned map holds (tests, diagnostics).
@@ -918,6 +1093,8 @@ fn dump(
     services: &HashMap<MapData, ServiceKey, ServiceValue>,
     backends_map: &HashMap<MapData, u32, Backend>,
     ranges_map: &LpmTrie<MapData, SourceRangeKey, u8>,
+    maglev: &HashMap<MapData, MaglevKey, MaglevChunk>,
+    table_size: usize,
 ) -> Result<MapContents> {
     let mut backends = BTreeMap::new();
     for entry in backends_map.iter() {
@@ -944,6 +1121,17 @@ fn dump(
             .or_default()
             .insert((ip, len as u8));
     }
+    // Each service id's chunks of a table of the configured size. A
+    // flagged frontend without all of them counts as having no table, so
+    // the reconciler writes it (again).
+    let chunks = maglev_chunks(table_size);
+    let mut tables: BTreeMap<u32, u32> = BTreeMap::new();
+    for key in maglev.keys() {
+        let key = key?;
+        if key.chunk < chunks {
+            *tables.entry(key.service_id).or_default() += 1;
+        }
+    }
     let mut heads = BTreeMap::new();
     let mut slots: BTreeMap<Frontend, BTreeMap<u16, u32>> = BTreeMap::new();
     for entry in services.iter() {
@@ -968,10 +1156,13 @@ fn dump(
             let backend_ids = (1..=head.backend_count)
                 .filter_map(|s| ids.get(&s).copied())
                 .collect();
+            let maglev = head.flags & service_flags::MAGLEV != 0
+                && chunks > 0
+                && tables.get(&head.service_id) == Some(&chunks);
             let p = Programmed {
                 service_id: head.service_id,
                 settings: Settings {
-                    flags: head.flags,
+                    flags: head.flags & !service_flags::MAGLEV,
                     affinity_timeout_s: head.affinity_timeout_s,
                 },
                 backend_ids,
@@ -980,6 +1171,7 @@ fn dump(
                     .unwrap_or_default()
                     .into_iter()
                     .collect(),
+                maglev,
             };
             (fe, p)
         })

@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod health;
 pub mod http_server;
 pub mod kubectl;
+pub mod maglev;
 pub mod manifest_source;
 pub mod manifests;
 pub mod metrics;

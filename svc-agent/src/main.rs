@@ -13,6 +13,7 @@ use svc_agent::{
     apiserver::{Cidr, ServiceNetwork},
     dataplane::{Capacity, Pins, SockLbTarget, XdpForwarding},
     kubectl::{self, Output},
+    maglev::{LoadBalancing, TableSize},
 };
 use svc_common::CtTimeouts;
 
@@ -77,6 +78,12 @@ enum Forwarding {
 enum SocketLbScope {
     Node,
     All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Balancing {
+    Maglev,
+    Hash,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -149,6 +156,19 @@ struct RunArgs {
     /// uplinks only (a veth's peer must run XDP or GRO to receive them).
     #[arg(long, value_enum, default_value = "auto")]
     xdp_forwarding: Forwarding,
+    /// How a new flow picks its backend. maglev: from a per-frontend
+    /// Maglev lookup table, so that when one of N backends comes or goes
+    /// only about 1/N of new flows change backend. hash: the flow's hash
+    /// modulo the backend count (most new flows change backend with it).
+    /// Established flows keep theirs either way.
+    #[arg(long, value_enum, default_value = "maglev")]
+    load_balancing: Balancing,
+    /// Entries of each Maglev table: a prime up to 65521 (such as 1021,
+    /// 4093, 16381, 65521). Backends share new flows evenly when it is
+    /// well above 100 times the largest backend count of a Service (1021:
+    /// up to about 10); 2 bytes per entry per frontend.
+    #[arg(long, default_value = "1021")]
+    maglev_table_size: TableSize,
     /// /healthz and /livez, as kube-proxy serves them ("" to disable).
     #[arg(long, default_value = "0.0.0.0:10256")]
     healthz_bind_address: BindAddress,
@@ -390,6 +410,10 @@ fn run(args: RunArgs) -> Result<()> {
             backends: args.max_endpoints,
             conntrack: args.max_conntrack,
         },
+        load_balancing: match args.load_balancing {
+            Balancing::Maglev => LoadBalancing::Maglev(args.maglev_table_size),
+            Balancing::Hash => LoadBalancing::Hash,
+        },
         sock_lb: match args.cgroup_path {
             None => Some(SockLbTarget {
                 cgroup: SockLbTarget::DEFAULT.into(),
@@ -471,5 +495,23 @@ mod tests {
             BindAddress(Some("127.0.0.1:10249".parse().unwrap()))
         );
         assert_eq!(args.sync_period, Duration::from_secs(1));
+        assert_eq!(args.load_balancing, Balancing::Maglev);
+        assert_eq!(args.maglev_table_size, TableSize::DEFAULT);
+        let run = |extra: &[&str]| {
+            let base = [
+                "svc-agent",
+                "run",
+                "--uplinks",
+                "eth0",
+                "--pod-interfaces",
+                "veth*",
+            ];
+            Cli::try_parse_from(base.iter().chain(extra))
+        };
+        assert!(run(&["--load-balancing", "hash", "--maglev-table-size", "65521"]).is_ok());
+        for bad in ["1024", "65537", "0"] {
+            assert!(run(&["--maglev-table-size", bad]).is_err(), "{bad}");
+        }
+        assert!(run(&["--load-balancing", "random"]).is_err());
     }
 }

@@ -6,6 +6,9 @@
 //! Ids: each distinct backend endpoint has a backend id, each frontend a
 //! service id (the index of its counters); both are reused once freed.
 //!
+//! A frontend with a choice of backends gets a Maglev table (`maglev`)
+//! when the dataplane is configured for them, rewritten with its backends.
+//!
 //! A frontend that cannot be written (a full map, no free id) is reported
 //! and keeps what it had; the others are still programmed.
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,12 +18,15 @@ use svc_common::MAX_SERVICES;
 
 use crate::{
     dataplane::{Dataplane, Endpoint, Frontend, Settings, SourceRange},
+    maglev::{self, LoadBalancing},
     model::Desired,
 };
 
 /// The map operations the reconciler needs; the dataplane implements
 /// them, and the unit tests record them.
 pub trait Maps {
+    /// Whether (and how big) Maglev tables are.
+    fn load_balancing(&self) -> LoadBalancing;
     fn set_backend(&mut self, id: u32, ep: Endpoint) -> Result<()>;
     fn remove_backend(&mut self, id: u32) -> Result<()>;
     fn set_service(
@@ -29,6 +35,7 @@ pub trait Maps {
         service_id: u32,
         settings: Settings,
         backends: &[u32],
+        maglev: Option<&[u16]>,
     ) -> Result<()>;
     fn remove_service(&mut self, fe: &Frontend) -> Result<()>;
     /// How many service ids there are (ids are `0..service_ids()`).
@@ -47,6 +54,9 @@ impl Maps for Dataplane {
     fn service_ids(&self) -> u32 {
         self.capacity().frontends
     }
+    fn load_balancing(&self) -> LoadBalancing {
+        Dataplane::load_balancing(self)
+    }
     fn set_backend(&mut self, id: u32, ep: Endpoint) -> Result<()> {
         Dataplane::set_backend(self, id, ep)
     }
@@ -59,8 +69,9 @@ impl Maps for Dataplane {
         service_id: u32,
         settings: Settings,
         backends: &[u32],
+        maglev: Option<&[u16]>,
     ) -> Result<()> {
-        Dataplane::set_service(self, fe, service_id, settings, backends)
+        Dataplane::set_service(self, fe, service_id, settings, backends, maglev)
     }
     fn remove_service(&mut self, fe: &Frontend) -> Result<()> {
         Dataplane::remove_service(self, fe)
@@ -83,6 +94,8 @@ pub struct Programmed {
     pub backend_ids: Vec<u32>,
     /// loadBalancerSourceRanges, sorted.
     pub source_ranges: Vec<SourceRange>,
+    /// Whether it has a (whole) Maglev table, built from its backends.
+    pub maglev: bool,
 }
 
 /// The maps' content as the reconciler knows it.
@@ -145,6 +158,7 @@ impl Reconciler {
 
     pub fn apply(&mut self, desired: &Desired, maps: &mut impl Maps) -> Result<Changes> {
         let mut changes = Changes::default();
+        let balancing = maps.load_balancing();
 
         // 1. Backends that are new get ids and are written first.
         let wanted: BTreeSet<Endpoint> = desired
@@ -237,6 +251,7 @@ impl Reconciler {
             let want = Programmed {
                 service_id,
                 settings: target.settings,
+                maglev: balancing.has_table(backend_ids.len()),
                 backend_ids,
                 source_ranges: target.source_ranges.clone(),
             };
@@ -256,10 +271,22 @@ impl Reconciler {
                     .filter(|r| !want.source_ranges.contains(r))
                     .copied()
                     .collect();
+                // Built from the backends' addresses (in slot order), only
+                // for a frontend that is written.
+                let table = balancing.table_size().filter(|_| want.maglev).map(|size| {
+                    let addrs: Vec<_> = target.backends.iter().map(|b| b.addr).collect();
+                    maglev::table(&addrs, size)
+                });
                 let written = maps
                     .set_source_ranges(service_id, &add, &[])
                     .and_then(|()| {
-                        maps.set_service(fe, want.service_id, want.settings, &want.backend_ids)
+                        maps.set_service(
+                            fe,
+                            want.service_id,
+                            want.settings,
+                            &want.backend_ids,
+                            table.as_deref(),
+                        )
                     })
                     .and_then(|()| maps.set_source_ranges(service_id, &[], &remove));
                 if let Err(e) = written {
@@ -336,6 +363,7 @@ mod tests {
     use super::*;
     use crate::{
         dataplane::Protocol,
+        maglev::TableSize,
         model::{ServicePortName, Target},
     };
     use std::net::SocketAddr;
@@ -348,11 +376,18 @@ mod tests {
         backends: BTreeMap<u32, Endpoint>,
         services: BTreeMap<Frontend, Vec<u32>>,
         ranges: BTreeSet<(u32, SourceRange)>,
+        tables: BTreeMap<Frontend, Vec<u16>>,
         /// Writes of this backend fail, as into a full map.
         refuse: Option<SocketAddr>,
+        /// Maglev tables of this size (none: `LoadBalancing::Hash`).
+        maglev: Option<TableSize>,
     }
 
     impl Maps for FakeMaps {
+        fn load_balancing(&self) -> LoadBalancing {
+            self.maglev
+                .map_or(LoadBalancing::Hash, LoadBalancing::Maglev)
+        }
         fn set_backend(&mut self, id: u32, ep: Endpoint) -> Result<()> {
             let addr = ep.addr;
             if self.refuse == Some(addr) {
@@ -371,19 +406,37 @@ mod tests {
             self.backends.remove(&id);
             Ok(())
         }
-        fn set_service(&mut self, fe: &Frontend, sid: u32, _: Settings, ids: &[u32]) -> Result<()> {
+        fn set_service(
+            &mut self,
+            fe: &Frontend,
+            sid: u32,
+            _: Settings,
+            ids: &[u32],
+            maglev: Option<&[u16]>,
+        ) -> Result<()> {
+            let with = if maglev.is_some() { " maglev" } else { "" };
             self.ops
-                .push(format!("+service {} #{sid} {ids:?}", fe.addr));
+                .push(format!("+service {} #{sid} {ids:?}{with}", fe.addr));
             assert!(
                 ids.iter().all(|id| self.backends.contains_key(id)),
                 "dangling slot"
             );
             self.services.insert(*fe, ids.to_vec());
+            match maglev {
+                Some(t) => {
+                    let size = self.maglev.expect("a table without tables configured");
+                    assert_eq!(t.len(), size.get() as usize);
+                    assert!(t.iter().all(|&s| s >= 1 && usize::from(s) <= ids.len()));
+                    self.tables.insert(*fe, t.to_vec())
+                }
+                None => self.tables.remove(fe),
+            };
             Ok(())
         }
         fn remove_service(&mut self, fe: &Frontend) -> Result<()> {
             self.ops.push(format!("-service {}", fe.addr));
             self.services.remove(fe);
+            self.tables.remove(fe);
             Ok(())
         }
         fn set_source_ranges(
@@ -622,6 +675,61 @@ mod tests {
         frontends.remove(&fe("10.96.0.10:80")); // missing
         frontends.get_mut(&fe("10.96.0.11:80")).unwrap().backend_ids = vec![]; // changed
         assert_eq!(r.drift(&backends, &frontends), 3);
+    }
+
+    #[test]
+    fn maglev_tables_follow_the_backends_and_go_with_the_frontend() {
+        let mut r = Reconciler::default();
+        let mut m = FakeMaps {
+            maglev: Some(TableSize::new(13).unwrap()),
+            ..FakeMaps::default()
+        };
+        let three = ["10.244.1.21:80", "10.244.1.22:80", "10.244.1.23:80"];
+        r.apply(&desired(&[("10.96.0.10:80", &three)]), &mut m)
+            .unwrap();
+        assert_eq!(
+            m.ops.last().unwrap(),
+            "+service 10.96.0.10:80 #0 [1, 2, 3] maglev"
+        );
+        assert!(r.frontends()[&fe("10.96.0.10:80")].maglev);
+        // The table is the pure function's, of the backends in slot order.
+        let addrs: Vec<SocketAddr> = three.iter().map(|a| a.parse().unwrap()).collect();
+        assert_eq!(
+            m.tables[&fe("10.96.0.10:80")],
+            maglev::table(&addrs, TableSize::new(13).unwrap())
+        );
+        // One backend left: no choice, no table.
+        m.ops.clear();
+        r.apply(&desired(&[("10.96.0.10:80", &three[..1])]), &mut m)
+            .unwrap();
+        assert_eq!(m.ops[0], "+service 10.96.0.10:80 #0 [1]");
+        assert!(m.tables.is_empty());
+        // Two again, then the frontend goes, with its table.
+        r.apply(&desired(&[("10.96.0.10:80", &three[..2])]), &mut m)
+            .unwrap();
+        assert_eq!(m.tables.len(), 1);
+        r.apply(&desired(&[]), &mut m).unwrap();
+        assert!(m.tables.is_empty() && m.services.is_empty());
+    }
+
+    #[test]
+    fn a_missing_table_is_drift_and_is_written_again() {
+        let mut r = Reconciler::default();
+        let mut m = FakeMaps {
+            maglev: Some(TableSize::new(13).unwrap()),
+            ..FakeMaps::default()
+        };
+        let d = desired(&[("10.96.0.10:80", &["10.244.1.21:80", "10.244.1.22:80"])]);
+        r.apply(&d, &mut m).unwrap();
+        // The maps read back without the table (a dump reports a flagged
+        // frontend without its whole table as having none).
+        let mut frontends = r.frontends().clone();
+        frontends.get_mut(&fe("10.96.0.10:80")).unwrap().maglev = false;
+        assert_eq!(r.drift(&m.backends, &frontends), 1);
+        let mut r = Reconciler::adopt(m.backends.clone(), frontends);
+        m.ops.clear();
+        r.apply(&d, &mut m).unwrap();
+        assert_eq!(m.ops, ["+service 10.96.0.10:80 #0 [1, 2] maglev"]);
     }
 
     #[test]

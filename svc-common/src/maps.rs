@@ -9,6 +9,9 @@
 //!   every service slot that points at the same endpoint.
 //! * `CONNTRACK` (LRU) pins each flow to the backend it was first given and
 //!   holds the reverse translation for its replies.
+//! * `MAGLEV` holds, for each frontend with a choice of backends, its
+//!   Maglev lookup table: `MAGLEV_CONFIG`'s M entries, each a slot number,
+//!   indexed by the new flow's hash (see svc-agent's `maglev.rs`).
 //! * `SERVICE_STATS` and `DROP_STATS` are per-CPU counters.
 
 /// Map names, as they appear in the object file and under the pin directory.
@@ -23,6 +26,8 @@ pub const SNAT_CONFIG_MAP: &str = "SNAT_CONFIG";
 pub const SOURCE_RANGES_MAP: &str = "SOURCE_RANGES";
 pub const XDP_FORWARD_MAP: &str = "XDP_FORWARD";
 pub const CT_TIMEOUTS_MAP: &str = "CT_TIMEOUTS";
+pub const MAGLEV_MAP: &str = "MAGLEV";
+pub const MAGLEV_CONFIG_MAP: &str = "MAGLEV_CONFIG";
 
 /// Program names (the Rust function names in `svc-ebpf`).
 pub const XDP_PROGRAM: &str = "svc_xdp";
@@ -88,6 +93,8 @@ pub mod service_flags {
     /// Only clients in `SOURCE_RANGES` for this service id may connect
     /// (`loadBalancerSourceRanges`, on load-balancer IPs).
     pub const SOURCE_RANGES: u16 = 1 << 3;
+    /// New flows pick their slot from the frontend's `MAGLEV` table.
+    pub const MAGLEV: u16 = 1 << 4;
 }
 
 /// Value of `SERVICES`. Slot 0 uses `backend_count`, `flags` and
@@ -101,6 +108,42 @@ pub struct ServiceValue {
     pub backend_count: u16,
     pub flags: u16,
     pub affinity_timeout_s: u32,
+}
+
+/// Entries per `MAGLEV` value: a frontend's table of M entries is stored
+/// as `ceil(M / 512)` chunks of 1 KiB (the map allocates only the chunks
+/// that exist; one map value could not hold every table size).
+pub const MAGLEV_CHUNK_SLOTS: usize = 512;
+/// `MAGLEV` capacity in chunks: a table of up to 2048 entries (4 chunks)
+/// for every service id; bigger tables fit fewer frontends. Only chunks
+/// in use take memory (about 1 KiB each).
+pub const MAX_MAGLEV_CHUNKS: u32 = 262_144;
+
+/// Key of `MAGLEV`: one chunk of one frontend's table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaglevKey {
+    pub service_id: u32,
+    /// Entries `chunk * MAGLEV_CHUNK_SLOTS ..` of the table.
+    pub chunk: u32,
+}
+
+/// Value of `MAGLEV`: table entries, each a slot (`1..=backend_count`) of
+/// the frontend; 0 past the table's end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevChunk {
+    pub slots: [u16; MAGLEV_CHUNK_SLOTS],
+}
+
+/// The single value of `MAGLEV_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaglevConfig {
+    /// Entries of every table (a prime); 0: no tables, slot
+    /// `1 + hash % backend_count` for every frontend.
+    pub table_size: u32,
+    pub _pad: u32,
 }
 
 /// Value of `BACKENDS`, keyed by a `u32` backend id (never 0).
@@ -378,6 +421,9 @@ mod pod {
     unsafe impl aya::Pod for SnatConfig {}
     unsafe impl aya::Pod for CtTimeouts {}
     unsafe impl aya::Pod for SourceRangeKey {}
+    unsafe impl aya::Pod for MaglevKey {}
+    unsafe impl aya::Pod for MaglevChunk {}
+    unsafe impl aya::Pod for MaglevConfig {}
 }
 
 // No implicit padding anywhere: the sizes are the sums of the fields.
@@ -392,6 +438,9 @@ const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 24);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+const _: () = assert!(core::mem::size_of::<MaglevKey>() == 8);
+const _: () = assert!(core::mem::size_of::<MaglevChunk>() == 2 * MAGLEV_CHUNK_SLOTS);
+const _: () = assert!(core::mem::size_of::<MaglevConfig>() == 8);
 
 // ---------------------------------------------------------------------------
 // Socket-level load balancing (cgroup hooks) for the node's own processes.

@@ -6,16 +6,17 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
 };
 use svc_common::{
-    AffinityKey, AffinityValue, CT_FORWARD, CT_REPLY, CtTimeouts, DropReason, FlowKey, NatEntry,
-    SNAT_PROBES, ServiceKey, ServiceStats, ServiceValue, SourceRangeKey, backend_flags,
+    AffinityKey, AffinityValue, CT_FORWARD, CT_REPLY, CtTimeouts, DropReason, FlowKey,
+    MAGLEV_CHUNK_SLOTS, MaglevKey, NatEntry, SNAT_PROBES, ServiceKey, ServiceStats, ServiceValue,
+    SourceRangeKey, backend_flags,
     nat_flags::{CLOSING, HAIRPIN, SNAT},
     service_flags,
 };
 
 use crate::{
     maps::{
-        AFFINITY, BACKENDS, CONNTRACK, CT_TIMEOUTS, DROP_STATS, SERVICE_STATS, SERVICES,
-        SNAT_CONFIG, SOURCE_RANGES,
+        AFFINITY, BACKENDS, CONNTRACK, CT_TIMEOUTS, DROP_STATS, MAGLEV, MAGLEV_CONFIG,
+        SERVICE_STATS, SERVICES, SNAT_CONFIG, SOURCE_RANGES,
     },
     packet::{Flow, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -55,6 +56,9 @@ pub enum Verdict {
     Drop,
     Rewrite,
     Snat,
+    /// A new flow to the backend in `rw`, to be remembered by `track`
+    /// (likewise a call of its own from the program).
+    Track,
 }
 
 /// Where a packet was seen: on an uplink (from outside the node, XDP) or
@@ -126,10 +130,11 @@ fn to_backend(
         count_drop(DropReason::NoBackend);
         return Verdict::Drop;
     }
-    let Some(backend_id) = choose_backend(flow, frontend, svc) else {
+    let backend_id = choose_backend(flow, &frontend, svc);
+    if backend_id == 0 {
         count_drop(DropReason::MissingBackend);
         return Verdict::Drop;
-    };
+    }
     let Some(backend) = (unsafe { BACKENDS.get(&backend_id) }) else {
         count_drop(DropReason::MissingBackend);
         return Verdict::Drop;
@@ -141,15 +146,22 @@ fn to_backend(
     // here. So the node's address (and a pool port) becomes the source.
     let snat = origin == Origin::Uplink && backend.flags & backend_flags::LOCAL == 0 && !hairpin;
 
-    if snat {
-        rw.dst = addr;
-        rw.dst_port = port;
-        rw.backend_id = backend_id;
-        rw.service_id = service_id;
-        count_service(service_id, packet_len, false);
-        return Verdict::Snat;
-    }
+    rw.dst = addr;
+    rw.dst_port = port;
+    rw.backend_id = backend_id;
+    rw.service_id = service_id;
+    count_service(service_id, packet_len, false);
+    if snat { Verdict::Snat } else { Verdict::Track }
+}
 
+/// Completes a `Verdict::Track`: remembers the new flow to the backend
+/// `rw` names in both directions and fills in the rest of `rw`. Called by
+/// the program after `decide` returned, so their frames never add up.
+#[inline(never)]
+pub fn track(flow: &Flow, rw: &mut Rewrite) -> Verdict {
+    let (addr, port) = (rw.dst, rw.dst_port);
+    let hairpin = addr == flow.src;
+    let now = now_s();
     // The reply: from the backend back to the client, made to look as if it
     // came from the frontend.
     let to_frontend = NatEntry {
@@ -158,8 +170,8 @@ fn to_backend(
         dst_addr: flow.src,
         dst_port: flow.src_port,
         flags: if hairpin { HAIRPIN } else { 0 },
-        backend_id,
-        service_id,
+        backend_id: rw.backend_id,
+        service_id: rw.service_id,
         last_seen_s: now,
         ..NatEntry::default()
     };
@@ -186,16 +198,18 @@ fn to_backend(
         dst_addr: addr,
         dst_port: port,
         flags: to_frontend.flags | closing_bit(flow.tcp_flags),
-        backend_id,
-        service_id,
+        backend_id: rw.backend_id,
+        service_id: rw.service_id,
         last_seen_s: now,
         ..NatEntry::default()
     };
-    if CONNTRACK.insert(&forward, &to_backend, 0).is_err() {
+    if CONNTRACK
+        .insert(&flow_key(flow, CT_FORWARD), &to_backend, 0)
+        .is_err()
+    {
         // Still translate: the hash gives the same backend next time.
         count_drop(DropReason::ConntrackFull);
     }
-    count_service(service_id, packet_len, false);
     rw.set(&to_backend)
 }
 
@@ -353,16 +367,19 @@ fn now_s() -> u32 {
     (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }
 
-/// The backend for a new flow: see `pick_backend`.
-#[inline(always)]
-fn choose_backend(flow: &Flow, frontend: ServiceKey, svc: &ServiceValue) -> Option<u32> {
-    pick_backend(&frontend, svc, &flow.src, flow_hash(flow))
+/// The backend id for a new flow (0: none; ids are never 0): see
+/// `pick_backend`. A subprogram of its own, so its keys take no room in
+/// `decide`'s frame.
+#[inline(never)]
+fn choose_backend(flow: &Flow, frontend: &ServiceKey, svc: &ServiceValue) -> u32 {
+    pick_backend(frontend, svc, &flow.src, flow_hash(flow)).unwrap_or(0)
 }
 
 /// The backend for something new to `frontend` (a flow, a socket): under
 /// ClientIP affinity the client's recent one while it is fresh and still
-/// the frontend's, else the slot `hash` falls in. Shared by the packet
-/// programs and the socket hooks, so both balance alike.
+/// the frontend's, else the slot `hash` picks (`slot_for`: Maglev or
+/// modulo). Shared by the packet programs and the socket hooks, so both
+/// balance alike.
 #[inline(always)]
 pub fn pick_backend(
     frontend: &ServiceKey,
@@ -403,13 +420,50 @@ pub fn pick_backend(
             }
         }
     }
-    let slot = 1 + (hash % u32::from(svc.backend_count)) as u16;
+    let slot = slot_for(svc, hash);
     let slot_key = ServiceKey { slot, ..*frontend };
     let backend_id = unsafe { SERVICES.get(&slot_key) }?.backend_id;
     if affinity {
         remember(&key, backend_id, slot, now);
     }
     Some(backend_id)
+}
+
+/// The slot `hash` picks: the frontend's Maglev table entry if it has a
+/// table (so a change of backends moves few new flows), else `1 + hash %
+/// count`. An entry beyond the count, met while the agent rewrites a table
+/// and its frontend one map write after the other, falls back to the
+/// modulo rather than to a slot that may be gone. `backend_count` > 0.
+#[inline(always)]
+fn slot_for(svc: &ServiceValue, hash: u32) -> u16 {
+    let count = svc.backend_count;
+    if svc.flags & service_flags::MAGLEV != 0
+        && let Some(slot) = maglev_entry(svc.service_id, hash)
+        && slot >= 1
+        && slot <= count
+    {
+        return slot;
+    }
+    1 + (hash % u32::from(count)) as u16
+}
+
+/// Entry `hash % M` of service `service_id`'s Maglev table.
+#[inline(always)]
+fn maglev_entry(service_id: u32, hash: u32) -> Option<u16> {
+    let size = MAGLEV_CONFIG.get(0)?.table_size;
+    if size == 0 {
+        return None;
+    }
+    let index = hash % size;
+    let key = MaglevKey {
+        service_id,
+        chunk: index / MAGLEV_CHUNK_SLOTS as u32,
+    };
+    // A pointer, not a copy: the chunk is 1 KiB, the stack 512 bytes.
+    let chunk = MAGLEV.get_ptr(&key)?;
+    let i = (index % MAGLEV_CHUNK_SLOTS as u32) as usize;
+    // SAFETY: a valid map value; `get` bounds the index for the verifier.
+    unsafe { (*chunk).slots.get(i).copied() }
 }
 
 #[inline(always)]

@@ -43,10 +43,11 @@ pub fn svc_xdp(ctx: XdpContext) -> u32 {
     let verdict = match lb::decide(&flow, (data_end - data) as u32, Origin::Uplink, rw) {
         Verdict::Snat if !lb::snat(&flow, rw) => Verdict::Drop,
         Verdict::Snat => Verdict::Rewrite,
+        Verdict::Track => lb::track(&flow, rw),
         v => v,
     };
     match verdict {
-        Verdict::Pass | Verdict::Snat => xdp_action::XDP_PASS,
+        Verdict::Pass | Verdict::Snat | Verdict::Track => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Rewrite => match xdp_rewrite::apply(&ctx, &flow, rw) {
             Ok(true) => xdp_forward::forward(&ctx, &flow, rw),
@@ -70,9 +71,13 @@ pub fn svc_tc(ctx: TcContext) -> i32 {
     };
     // SAFETY: this CPU's slot, used by one packet at a time.
     let rw = unsafe { &mut *rw };
-    match lb::decide(&flow, ctx.len(), Origin::Pod, rw) {
+    let verdict = match lb::decide(&flow, ctx.len(), Origin::Pod, rw) {
+        Verdict::Track => lb::track(&flow, rw),
+        v => v,
+    };
+    match verdict {
         // Only traffic from uplinks is SNATed.
-        Verdict::Pass | Verdict::Snat => TC_ACT_OK,
+        Verdict::Pass | Verdict::Snat | Verdict::Track => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::Rewrite => match tc_rewrite::apply(&ctx, &flow, rw) {
             Ok(()) => TC_ACT_OK,

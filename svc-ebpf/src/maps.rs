@@ -1,13 +1,15 @@
 //! The maps, declared once and shared by both programs (one object file, so
 //! one set of map instances).
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use svc_common::{
     AffinityKey, AffinityValue, Backend, DropReason, FlowKey, MAX_AFFINITY, MAX_BACKENDS,
-    MAX_CONNTRACK, MAX_SERVICE_SLOTS, MAX_SERVICES, MAX_SOURCE_RANGES, MAX_UPLINKS, NatEntry,
-    ServiceKey, ServiceStats, ServiceValue, SnatConfig, SourceRangeKey,
+    MAX_CONNTRACK, MAX_MAGLEV_CHUNKS, MAX_SERVICE_SLOTS, MAX_SERVICES, MAX_SOURCE_RANGES,
+    MAX_UPLINKS, MaglevChunk, MaglevConfig, MaglevKey, NatEntry, ServiceKey, ServiceStats,
+    ServiceValue, SnatConfig, SourceRangeKey,
 };
 
 #[map]
@@ -16,6 +18,16 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
 
 #[map]
 pub static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// Maglev tables of the frontends flagged `service_flags::MAGLEV`, in
+/// chunks. Not preallocated: only the chunks that exist take memory.
+#[map]
+pub static MAGLEV: HashMap<MaglevKey, MaglevChunk> =
+    HashMap::with_max_entries(MAX_MAGLEV_CHUNKS, BPF_F_NO_PREALLOC);
+
+/// The size of every Maglev table (one entry).
+#[map]
+pub static MAGLEV_CONFIG: Array<MaglevConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static CONNTRACK: LruHashMap<FlowKey, NatEntry> =

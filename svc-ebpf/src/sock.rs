@@ -6,10 +6,11 @@
 //! * `connect4/6`, `sendmsg4/6` (unconnected UDP): a frontend (a service
 //!   IP, a NodePort on a node address or on loopback, a load-balancer IP,
 //!   an externalIP) becomes one of its backends, chosen from the same
-//!   `SERVICES` slots the packet programs use: slot `1 + hash % count`, the
-//!   hash of the socket cookie and the frontend (one socket keeps one
-//!   backend per frontend while the set is unchanged), or the client's
-//!   recent backend under `sessionAffinity: ClientIP`. A frontend without
+//!   `SERVICES` slots the packet programs use, picked the same way
+//!   (`lb::pick_backend`: the frontend's Maglev table, or `1 + hash %
+//!   count`) with the hash of the socket cookie and the frontend (one
+//!   socket keeps one backend per frontend while the set is unchanged), or
+//!   the client's recent backend under `sessionAffinity: ClientIP`. A frontend without
 //!   backends refuses: `connect`/`sendmsg` fail with `ECONNREFUSED`
 //!   (`bpf_set_retval(-ECONNREFUSED)`, then "reject": the kernel keeps an
 //!   error a program set instead of its default EPERM), as kube-proxy's

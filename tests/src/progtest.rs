@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use aya::{TestRun as _, TestRunOptions};
-use svc_agent::dataplane::Dataplane;
+use svc_agent::{dataplane::Dataplane, reconcile::Reconciler};
 
 use crate::static_services::{self, StaticService};
 
@@ -41,6 +41,9 @@ impl Hook {
 
 pub struct Fixture {
     pub dp: Dataplane,
+    /// What `services` programmed, so a later call changes only what
+    /// differs, as the agent does.
+    reconciler: Reconciler,
 }
 
 impl Fixture {
@@ -55,14 +58,20 @@ impl Fixture {
             .context("loading the eBPF programs (needs root and a BPF-capable kernel)")
             .unwrap();
         dp.set_virtual_uplink(loopback(), true).unwrap();
-        Self { dp }
+        Self {
+            dp,
+            reconciler: Reconciler::default(),
+        }
     }
 
-    /// Programs services given as `FRONTEND/PROTO=BACKEND,...` through the
-    /// agent's reconciler (see `static_services::apply` for the ids).
+    /// Makes the services exactly those given as `FRONTEND/PROTO=BACKEND,...`
+    /// through the agent's reconciler (see `static_services::apply` for
+    /// the ids the first call gives).
     pub fn services(&mut self, specs: &[&str]) -> &mut Self {
         let parsed: Vec<StaticService> = specs.iter().map(|s| s.parse().unwrap()).collect();
-        static_services::apply(&mut self.dp, &parsed).unwrap();
+        let desired = static_services::desired(&parsed).unwrap();
+        let changes = self.reconciler.apply(&desired, &mut self.dp).unwrap();
+        assert!(changes.failed.is_empty(), "{:?}", changes.failed);
         self
     }
 

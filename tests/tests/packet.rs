@@ -319,7 +319,7 @@ fn flows_stay_on_their_backend_until_it_is_removed() {
             "10.244.1.23:8080".parse::<std::net::SocketAddr>().unwrap(),
         )
         .unwrap();
-        f.dp.set_service(&frontend, 0, Settings::default(), &[100, 2, 1])
+        f.dp.set_service(&frontend, 0, Settings::default(), &[100, 2, 1], None)
             .unwrap();
         for (s, was) in flows.iter().zip(&first) {
             let (a, out) = f.run(hook, &s.build());
@@ -328,7 +328,7 @@ fn flows_stay_on_their_backend_until_it_is_removed() {
         }
 
         // Backend 1 (BACKENDS4[0]) goes: its flows move, the others stay.
-        f.dp.set_service(&frontend, 0, Settings::default(), &[100, 2])
+        f.dp.set_service(&frontend, 0, Settings::default(), &[100, 2], None)
             .unwrap();
         f.dp.remove_backend(1).unwrap();
         let gone: SocketAddr = BACKENDS4[0].parse().unwrap();
@@ -484,11 +484,11 @@ fn client_ip_affinity_keeps_a_client_on_one_backend_until_it_expires() {
             addr: a.parse().unwrap(),
             proto: Protocol::Tcp,
         };
-        f.dp.set_service(&fe("10.96.0.40:80"), 0, sticky, &[1, 2])
+        f.dp.set_service(&fe("10.96.0.40:80"), 0, sticky, &[1, 2], None)
             .unwrap();
         // The same backends without affinity: shows where the hash alone
         // sends a flow (the hash ignores the frontend address).
-        f.dp.set_service(&fe("10.96.0.41:80"), 1, Settings::default(), &[1, 2])
+        f.dp.set_service(&fe("10.96.0.41:80"), 1, Settings::default(), &[1, 2], None)
             .unwrap();
         let mut new_flow = |vip: &str, port: u16| {
             let mut s = Spec::tcp(CLIENT4, vip);
@@ -691,7 +691,7 @@ fn load_balancer_source_ranges_admit_only_their_clients() {
         flags: svc_common::service_flags::SOURCE_RANGES,
         affinity_timeout_s: 0,
     };
-    f.dp.set_service(&vip, 0, settings, &[1, 2]).unwrap();
+    f.dp.set_service(&vip, 0, settings, &[1, 2], None).unwrap();
     for hook in HOOKS {
         let allowed = Spec::tcp(CLIENT4, VIP4); // 192.0.2.2
         let (a, out) = f.run(hook, &allowed.build());

@@ -128,25 +128,49 @@ pub fn baseline_run(base: &mut Ebpf, hook: Hook, pkt: &[u8], repeat: u32) -> Res
 /// The frontend whose backend is itself: every repeat of a packet to it
 /// stays on the established path (and its reply on the reply path).
 const EST_FRONTEND: &str = "10.96.0.10:80";
-/// The frontend new flows go to (a backend pod's address).
+/// The frontend new flows go to, with `NEW_BACKENDS` backends (pods'
+/// addresses from `NEW_BACKEND` on), and so a Maglev table that each new
+/// flow reads (with the dataplane's default load balancing).
 const NEW_FRONTEND: &str = "10.96.0.11:80";
 const NEW_BACKEND: &str = "10.244.1.21:80";
+const NEW_BACKENDS: u8 = 10;
 
-/// Programs `n` services straight into the maps (one backend each): the
-/// two probed frontends, then fillers 10.97.x.y:80 -> 10.245.x.y:8080.
+/// Programs `n` services straight into the maps: the two probed frontends,
+/// then fillers 10.97.x.y:80 -> 10.245.x.y:8080 (one backend each).
 /// Service ids wrap at `MAX_SERVICES` (they only index the statistics).
 fn program_services(dp: &mut Dataplane, n: usize) -> Result<()> {
-    let probes = [(EST_FRONTEND, EST_FRONTEND), (NEW_FRONTEND, NEW_BACKEND)];
-    for (i, (fe, be)) in probes.iter().enumerate() {
-        let id = i as u32 + 1;
-        dp.set_backend(id, be.parse::<std::net::SocketAddr>()?)?;
-        let fe = Frontend {
-            addr: fe.parse()?,
+    let frontend = |addr: &str| -> Result<Frontend> {
+        Ok(Frontend {
+            addr: addr.parse()?,
             proto: Protocol::Tcp,
-        };
-        dp.set_service(&fe, i as u32, Settings::default(), &[id])?;
+        })
+    };
+    dp.set_backend(1, EST_FRONTEND.parse::<std::net::SocketAddr>()?)?;
+    dp.set_service(&frontend(EST_FRONTEND)?, 0, Settings::default(), &[1], None)?;
+    // NEW_BACKEND and the addresses after it.
+    let new_backends: Vec<std::net::SocketAddr> = (0..NEW_BACKENDS)
+        .map(|k| ([10, 244, 1, 21 + k], 80).into())
+        .collect();
+    // Ids above the fillers'.
+    let ids: Vec<u32> = (0..u32::from(NEW_BACKENDS))
+        .map(|k| 2_000_000 + k)
+        .collect();
+    for (id, b) in ids.iter().zip(&new_backends) {
+        dp.set_backend(*id, *b)?;
     }
-    for i in 0..n.saturating_sub(probes.len()) as u32 {
+    let table = dp
+        .load_balancing()
+        .table_size()
+        .map(|m| svc_agent::maglev::table(&new_backends, m));
+    dp.set_service(
+        &frontend(NEW_FRONTEND)?,
+        1,
+        Settings::default(),
+        &ids,
+        table.as_deref(),
+    )?;
+    // (The two probed frontends count among the n.)
+    for i in 0..n.saturating_sub(2) as u32 {
         let id = 3 + i;
         let backend = std::net::SocketAddr::from((std::net::Ipv4Addr::from(0x0af5_0000 + i), 8080));
         dp.set_backend(id, backend)?;
@@ -154,8 +178,14 @@ fn program_services(dp: &mut Dataplane, n: usize) -> Result<()> {
             addr: (std::net::Ipv4Addr::from(0x0a61_0000 + i), 80).into(),
             proto: Protocol::Tcp,
         };
-        dp.set_service(&fe, (2 + i) % MAX_SERVICES, Settings::default(), &[id])
-            .with_context(|| format!("filler service {i} of {n}"))?;
+        dp.set_service(
+            &fe,
+            (2 + i) % MAX_SERVICES,
+            Settings::default(),
+            &[id],
+            None,
+        )
+        .with_context(|| format!("filler service {i} of {n}"))?;
     }
     Ok(())
 }
@@ -338,7 +368,7 @@ pub fn program_cost(ctx: &mut Ctx) -> Result<()> {
     }
     let md = format!(
         "ns per packet. *Established*: a flow whose conntrack entry exists (a frontend whose backend is itself, so every repeat of the packet stays on this path: service lookup, conntrack hit, backend check, rewrite). *Reply*: the backend's answer, found in conntrack and translated back. *Miss*: a packet to no service (service lookup and reply lookup, both missing). Repeated paths: median of {runs} runs of {repeat} repeats each.\n\n\
-        *New flow*: BPF_PROG_TEST_RUN runs one packet `repeat` times and the first run creates the conntrack entries, so a new flow cannot be repeated. Each new flow is therefore its own run with repeat = 1 and a source port never used before ({singles} of them); the established packet and the empty program are run the same way (repeat = 1), interleaved. A single run carries the timer's and the call's overhead, which the established single runs carry too: the new flow's figure is `established (repeated) + median(new, repeat 1) - median(established, repeat 1)`.\n\n\
+        *New flow*: BPF_PROG_TEST_RUN runs one packet `repeat` times and the first run creates the conntrack entries, so a new flow cannot be repeated. Each new flow (to a frontend of 10 backends, with a Maglev table) is therefore its own run with repeat = 1 and a source port never used before ({singles} of them); the established packet and the empty program are run the same way (repeat = 1), interleaved. A single run carries the timer's and the call's overhead, which the established single runs carry too: the new flow's figure is `established (repeated) + median(new, repeat 1) - median(established, repeat 1)`.\n\n\
         Service counts include the two probed frontends; the others are fillers with one backend each, written straight into the maps (`Dataplane::set_service`), service ids wrapping at {MAX_SERVICES}.\n\n{}\n\
         Single runs (repeat = 1), medians in ns:\n\n{}",
         table(&header_refs, &rows),
