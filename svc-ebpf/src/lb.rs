@@ -47,12 +47,15 @@ impl Rewrite {
 /// `Snat`: a new flow from outside to a backend elsewhere, whose source is
 /// still to be chosen by `snat` (a call of its own from the program, not
 /// from here: the stack has no room for another level below `decide`).
+/// `Reject`: a new flow to a frontend without endpoints, to be refused
+/// (`reject`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Pass,
     Drop,
     Rewrite,
     Snat,
+    Reject,
 }
 
 /// Where a packet was seen: on an uplink (from outside the node, XDP) or
@@ -126,6 +129,11 @@ fn to_backend(
     }
 
     if svc.backend_count == 0 {
+        // Refused when the service has no endpoints at all (counted by
+        // `reject`), dropped when a traffic policy leaves this node none.
+        if svc.flags & service_flags::REJECT != 0 {
+            return Verdict::Reject;
+        }
         count_drop(DropReason::NoBackend);
         return Verdict::Drop;
     }
