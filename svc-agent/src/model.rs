@@ -7,7 +7,9 @@
 //! protocol) for each clusterIP, externalIP and load-balancer ingress IP,
 //! plus (node IP, nodePort) for NodePort and LoadBalancer Services; backends
 //! are the ready endpoints of the matching EndpointSlice port, falling back
-//! to serving-but-terminating ones when none is ready.
+//! to serving-but-terminating ones when none is ready. A frontend whose
+//! service port has no endpoint at all refuses new flows (REJECT); one
+//! that a `Local` traffic policy leaves without any here drops them.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
@@ -128,9 +130,14 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> D
             let sets = |family: &str| {
                 let found = endpoints(own_slices, &port_name, proto, family, node);
                 let zone = topology_zone(svc, &found, node);
-                (cluster_set(&found, zone), local_set(&found))
+                (
+                    cluster_set(&found, zone),
+                    local_set(&found),
+                    usable_anywhere(&found),
+                )
             };
-            let ((cluster_v4, local_v4), (cluster_v6, local_v6)) = (sets("IPv4"), sets("IPv6"));
+            let ((cluster_v4, local_v4, usable_v4), (cluster_v6, local_v6, usable_v6)) =
+                (sets("IPv4"), sets("IPv6"));
             // internalTrafficPolicy Local: traffic to the cluster IPs goes to
             // this node's endpoints only; externalTrafficPolicy Local: traffic
             // from outside likewise (none: dropped), keeping the client's
@@ -158,7 +165,8 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> D
                         .filter(|r| r.0.is_ipv4() == ip.is_ipv4())
                         .copied()
                         .collect();
-                    let mut flags = flags | extra;
+                    let usable = if ip.is_ipv4() { usable_v4 } else { usable_v6 };
+                    let mut flags = flags | extra | reject_flag(backends, usable);
                     if !ranges.is_empty() {
                         flags |= service_flags::SOURCE_RANGES;
                     }
@@ -502,6 +510,28 @@ fn topology_zone<'a>(svc: &Service, found: &[Found], node: &'a Node) -> Option<&
     usable.then_some(zone)
 }
 
+/// `service_flags::REJECT` for a frontend whose new flows are to be
+/// refused (a TCP reset, an ICMP port unreachable) rather than dropped,
+/// as kube-proxy decides: refused when it has no backends because its
+/// service port has no usable endpoint of its family anywhere (REJECT);
+/// dropped when endpoints exist but its traffic policy (`Local`) leaves
+/// this node none of them (DROP).
+pub fn reject_flag(backends: &[Endpoint], usable_anywhere: bool) -> u16 {
+    if backends.is_empty() && !usable_anywhere {
+        service_flags::REJECT
+    } else {
+        0
+    }
+}
+
+/// Whether any endpoint serves anywhere in the cluster: ready, or serving
+/// while terminating (kube-proxy's `hasAnyEndpoints`).
+fn usable_anywhere(found: &[Found]) -> bool {
+    found
+        .iter()
+        .any(|f| f.conditions.ready || (f.conditions.serving && f.conditions.terminating))
+}
+
 /// Where cluster-wide traffic may go: the ready endpoints (of this node's
 /// zone, when `zone` says so); if none, the serving-but-terminating ones
 /// (kube-proxy's fallback, so connections drain during a rollout).
@@ -796,6 +826,103 @@ mod tests {
             addrs(&d[&fe("203.0.113.9:80", Protocol::Tcp)].backends),
             vec!["10.244.1.22:8080".parse::<SocketAddr>().unwrap()]
         );
+    }
+
+    #[test]
+    fn frontends_without_any_endpoint_reject_and_local_policies_drop() {
+        let lb = |policy: serde_json::Value| {
+            let mut spec = json!({
+                "type": "LoadBalancer", "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20", "fd00:96::20"],
+                "externalIPs": ["198.51.100.7"], "ports": [{"name": "http", "port": 80, "nodePort": 30080}]
+            });
+            spec.as_object_mut()
+                .unwrap()
+                .extend(policy.as_object().unwrap().clone());
+            svc(json!({
+                "metadata": {"name": "lb", "namespace": "default"},
+                "spec": spec,
+                "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}
+            }))
+        };
+        let on_node_2 = |conditions: serde_json::Value| {
+            vec![slice(json!({
+                "metadata": {"name": "lb-a", "namespace": "default", "labels": {"kubernetes.io/service-name": "lb"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080}],
+                "endpoints": [{"addresses": ["10.244.2.21"], "nodeName": "node-2", "conditions": conditions}]
+            }))]
+        };
+        let node = Node {
+            name: "node-1".into(),
+            ips: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            zone: None,
+        };
+        // Which frontends refuse, which drop (no backends, no flag), which serve.
+        let outcome = |s: &Service, slices: &[EndpointSlice]| -> Vec<(String, &'static str)> {
+            desired(std::slice::from_ref(s), slices, &node)
+                .iter()
+                .map(|(fe, t)| {
+                    let reject = t.settings.flags & service_flags::REJECT != 0;
+                    let what = match (t.backends.is_empty(), reject) {
+                        (true, true) => "reject",
+                        (true, false) => "drop",
+                        (false, false) => "serve",
+                        (false, true) => "REJECT flag with backends",
+                    };
+                    (fe.addr.to_string(), what)
+                })
+                .collect()
+        };
+        let all = |v4: &'static str, v6: &'static str, external_v4: &'static str| {
+            vec![
+                ("10.96.0.20:80".to_string(), v4),
+                ("192.0.2.1:30080".to_string(), external_v4),
+                ("198.51.100.7:80".to_string(), external_v4),
+                ("203.0.113.9:80".to_string(), external_v4),
+                ("[2001:db8::1]:30080".to_string(), v6),
+                ("[fd00:96::20]:80".to_string(), v6),
+            ]
+        };
+        let ready = json!({"ready": true});
+
+        // No endpoint at all: every frontend refuses, on every kind of
+        // address (a family without endpoints likewise, below).
+        assert_eq!(
+            outcome(&lb(json!({})), &[]),
+            all("reject", "reject", "reject")
+        );
+        // Endpoints that cannot serve are none.
+        let unusable = on_node_2(json!({"ready": false, "serving": false, "terminating": true}));
+        assert_eq!(
+            outcome(&lb(json!({})), &unusable),
+            all("reject", "reject", "reject")
+        );
+        // externalTrafficPolicy Local with the only endpoint on another
+        // node: traffic from outside is dropped here, not refused.
+        let local = lb(json!({"externalTrafficPolicy": "Local"}));
+        assert_eq!(
+            outcome(&local, &on_node_2(ready.clone())),
+            all("serve", "reject", "drop")
+        );
+        // So also when that endpoint is only serving while it terminates.
+        let terminating = on_node_2(json!({"ready": false, "serving": true, "terminating": true}));
+        assert_eq!(
+            outcome(&local, &terminating),
+            all("serve", "reject", "drop")
+        );
+        // internalTrafficPolicy Local: the cluster IP drops likewise.
+        let internal = lb(json!({"internalTrafficPolicy": "Local"}));
+        assert_eq!(
+            outcome(&internal, &on_node_2(ready)),
+            all("drop", "reject", "serve")
+        );
+
+        // The decision itself.
+        let one: Vec<Endpoint> = vec!["10.244.2.21:8080".parse::<SocketAddr>().unwrap().into()];
+        assert_eq!(reject_flag(&[], false), service_flags::REJECT);
+        assert_eq!(reject_flag(&[], true), 0);
+        assert_eq!(reject_flag(&one, true), 0);
+        assert_eq!(reject_flag(&one, false), 0);
     }
 
     /// `web` (ClusterIP 10.96.0.10:80) over three endpoints: 21 on node-1

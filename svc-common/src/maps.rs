@@ -95,6 +95,11 @@ pub mod service_flags {
     pub const SOURCE_RANGES: u16 = 1 << 3;
     /// New flows pick their slot from the frontend's `MAGLEV` table.
     pub const MAGLEV: u16 = 1 << 4;
+    /// With no backends, new flows are refused (a TCP reset, an ICMP port
+    /// unreachable) rather than dropped: the service has no endpoints at
+    /// all (kube-proxy's REJECT). Without it a frontend left without
+    /// backends by a `Local` traffic policy drops them, as kube-proxy does.
+    pub const REJECT: u16 = 1 << 5;
 }
 
 /// Value of `SERVICES`. Slot 0 uses `backend_count`, `flags` and
@@ -360,7 +365,8 @@ pub struct ServiceStats {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// The frontend exists but has no backends.
+    /// The frontend exists but has no backends, and the packet was dropped
+    /// without an answer (see `Rejected` for the ones refused).
     NoBackend = 0,
     /// A backend slot or backend id that should exist was missing (a
     /// transient state the agent's ordering is meant to prevent).
@@ -373,17 +379,23 @@ pub enum DropReason {
     SnatPortsExhausted = 4,
     /// A client outside `loadBalancerSourceRanges`.
     SourceRangeDenied = 5,
+    /// Refused: answered with a TCP reset or an ICMP port unreachable (to
+    /// a frontend with `service_flags::REJECT` and no backends), or, from
+    /// a node socket to a frontend without backends, `connect`/`sendmsg`
+    /// failed with `ECONNREFUSED`.
+    Rejected = 6,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 6;
-    pub const ALL: [DropReason; 6] = [
+    pub const COUNT: u32 = 7;
+    pub const ALL: [DropReason; 7] = [
         DropReason::NoBackend,
         DropReason::MissingBackend,
         DropReason::RewriteFailed,
         DropReason::ConntrackFull,
         DropReason::SnatPortsExhausted,
         DropReason::SourceRangeDenied,
+        DropReason::Rejected,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -394,6 +406,7 @@ impl DropReason {
             DropReason::ConntrackFull => "conntrack_full",
             DropReason::SnatPortsExhausted => "snat_ports_exhausted",
             DropReason::SourceRangeDenied => "source_range_denied",
+            DropReason::Rejected => "rejected",
         }
     }
 }

@@ -50,6 +50,8 @@ impl Rewrite {
 /// `Snat`: a new flow from outside to a backend elsewhere, whose source is
 /// still to be chosen by `snat` (a call of its own from the program, not
 /// from here: the stack has no room for another level below `decide`).
+/// `Reject`: a new flow to a frontend without endpoints, to be refused
+/// (`reject`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Pass,
@@ -59,6 +61,8 @@ pub enum Verdict {
     /// A new flow to the backend in `rw`, to be remembered by `track`
     /// (likewise a call of its own from the program).
     Track,
+    /// No backends and the frontend refuses: `reject` answers the client.
+    Reject,
 }
 
 /// Where a packet was seen: on an uplink (from outside the node, XDP) or
@@ -127,6 +131,11 @@ fn to_backend(
     }
 
     if svc.backend_count == 0 {
+        // Refused when the service has no endpoints at all (counted by
+        // `reject`), dropped when a traffic policy leaves this node none.
+        if svc.flags & service_flags::REJECT != 0 {
+            return Verdict::Reject;
+        }
         count_drop(DropReason::NoBackend);
         return Verdict::Drop;
     }

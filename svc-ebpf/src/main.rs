@@ -7,12 +7,17 @@
 //!   of an uplink itself (`xdp_forward`);
 //! * `svc_tc`, tcx ingress on the node side of pod veths: rewrites through
 //!   the skb helpers, which know the skb's checksum state (`tc_rewrite`).
+//!
+//! New flows to a frontend without endpoints are refused where they enter
+//! (`reject`), as kube-proxy's REJECT rule refuses them.
 #![no_std]
 #![no_main]
 
 mod lb;
 mod maps;
 mod packet;
+// Refusing flows to frontends without endpoints (TCP reset, ICMP).
+mod reject;
 // Socket-level load balancing for the node's own processes (cgroup hooks).
 mod sock;
 mod tc_rewrite;
@@ -49,6 +54,7 @@ pub fn svc_xdp(ctx: XdpContext) -> u32 {
     match verdict {
         Verdict::Pass | Verdict::Snat | Verdict::Track => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Reject => reject::xdp(&ctx, &flow),
         Verdict::Rewrite => match xdp_rewrite::apply(&ctx, &flow, rw) {
             Ok(true) => xdp_forward::forward(&ctx, &flow, rw),
             Ok(false) => xdp_action::XDP_PASS,
@@ -79,6 +85,7 @@ pub fn svc_tc(ctx: TcContext) -> i32 {
         // Only traffic from uplinks is SNATed.
         Verdict::Pass | Verdict::Snat | Verdict::Track => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Reject => reject::tc(&ctx, &flow),
         Verdict::Rewrite => match tc_rewrite::apply(&ctx, &flow, rw) {
             Ok(()) => TC_ACT_OK,
             Err(()) => {

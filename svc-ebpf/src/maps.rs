@@ -72,6 +72,11 @@ pub static XDP_FORWARD: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UPLINK
 #[map]
 pub static REWRITE: PerCpuArray<crate::lb::Rewrite> = PerCpuArray::with_max_entries(1, 0);
 
+/// Scratch space for a refusal (`reject`): the whole reply frame is built
+/// here before it replaces the packet.
+#[map]
+pub static REPLY: PerCpuArray<[u8; crate::reject::REPLY_MAX]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Socket-level load balancing (`sock`): for each socket sent to a backend
 /// in a frontend's place, the address the application asked for.
 #[map]

@@ -38,6 +38,7 @@ pub struct Flow {
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 impl Flow {
     /// Offset of the L4 checksum field.
@@ -87,7 +88,7 @@ pub fn ptr_at<T>(data: usize, end: usize, off: usize) -> Option<*mut T> {
 /// Copies a `T` out of the packet. Only for align-1 types (byte arrays and
 /// network-types headers), so the unaligned packet address is fine.
 #[inline(always)]
-fn read<T: Copy>(data: usize, end: usize, off: usize) -> Option<T> {
+pub fn read<T: Copy>(data: usize, end: usize, off: usize) -> Option<T> {
     let p: *const T = ptr_at(data, end, off)?;
     // SAFETY: ptr_at checked that all of T lies inside the packet.
     Some(unsafe { p.read_unaligned() })

@@ -112,7 +112,7 @@ fn forward(ctx: &SockAddrContext, v6: bool) -> i32 {
         return PROCEED;
     };
     if svc.backend_count == 0 {
-        count_drop(DropReason::NoBackend);
+        count_drop(DropReason::Rejected);
         return reject(ECONNREFUSED);
     }
     let v4_frontend = is_v4_mapped(&frontend.addr);

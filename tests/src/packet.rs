@@ -52,6 +52,7 @@ pub struct Spec {
 /// TCP flags for `Spec::tcp_flags`.
 pub const PSH_ACK: u8 = 0x18;
 pub const FIN_ACK: u8 = 0x11;
+pub const SYN: u8 = 0x02;
 
 impl Spec {
     pub fn new(proto: u8, src: &str, dst: &str) -> Self {
@@ -187,24 +188,129 @@ impl Spec {
     }
 
     fn pseudo_header(&self, l4_len: usize) -> Vec<u8> {
-        let mut p = Vec::new();
-        match (self.src.ip(), self.dst.ip()) {
+        pseudo_header(self.src.ip(), self.dst.ip(), self.proto, l4_len)
+    }
+}
+
+/// TCP flag bits, for the refusals below.
+const FIN: u8 = 0x01;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+impl Spec {
+    /// The TCP reset that refuses this segment, as RFC 793 makes it:
+    /// from its destination back to its source (MACs swapped, TTL or hop
+    /// limit 64, IPv4 id 0 and don't fragment). To a segment with an ACK:
+    /// RST with seq = its ack; to one without: RST|ACK acknowledging its
+    /// payload, SYN and FIN. No options, window 0.
+    pub fn reset(&self) -> Vec<u8> {
+        self.assert_plain();
+        let (seq, ack) = (0x0102_0304u32, 0x0a0b_0c0du32); // as `l4` writes them
+        let (reply_seq, reply_ack, flags) = if self.tcp_flags & ACK != 0 {
+            (ack, 0, RST)
+        } else {
+            let occupied = self.payload.len() as u32
+                + u32::from(self.tcp_flags & SYN != 0)
+                + u32::from(self.tcp_flags & FIN != 0);
+            (0, seq.wrapping_add(occupied), RST | ACK)
+        };
+        let mut tcp = Vec::new();
+        tcp.extend_from_slice(&self.dst.port().to_be_bytes());
+        tcp.extend_from_slice(&self.src.port().to_be_bytes());
+        tcp.extend_from_slice(&reply_seq.to_be_bytes());
+        tcp.extend_from_slice(&reply_ack.to_be_bytes());
+        tcp.extend_from_slice(&[0x50, flags, 0, 0, 0, 0, 0, 0]);
+        let pseudo = pseudo_header(self.dst.ip(), self.src.ip(), TCP, tcp.len());
+        let c = !fold(sum(&pseudo) + sum(&tcp));
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        self.answer(TCP, &tcp)
+    }
+
+    /// The ICMP (IPv4: type 3 code 3) or ICMPv6 (type 1 code 4) port
+    /// unreachable that refuses this datagram, quoting its IP header and
+    /// the first 8 bytes after it; from its destination back to its
+    /// source as in `reset`.
+    pub fn port_unreachable(&self) -> Vec<u8> {
+        self.assert_plain();
+        let pkt = self.build();
+        let ip_len = if self.src.is_ipv4() { 20 } else { 40 };
+        let (proto, kind, code) = if self.src.is_ipv4() {
+            (1, 3, 3)
+        } else {
+            (58, 1, 4)
+        };
+        let mut icmp = vec![kind, code, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&pkt[14..14 + ip_len + 8]);
+        let c = if self.src.is_ipv4() {
+            checksum(&icmp)
+        } else {
+            let pseudo = pseudo_header(self.dst.ip(), self.src.ip(), proto, icmp.len());
+            !fold(sum(&pseudo) + sum(&icmp))
+        };
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        self.answer(proto, &icmp)
+    }
+
+    /// Refusals are built for untagged frames without IP options or
+    /// extension headers only (the programs drop the others).
+    fn assert_plain(&self) {
+        assert!(
+            self.vlan.is_none() && self.ip_options.is_empty() && self.frag == Frag::None,
+            "no refusal for {self:?}"
+        );
+    }
+
+    /// A frame from this packet's destination back to its source carrying
+    /// `l4` (of protocol `proto`), as a refusal is sent.
+    fn answer(&self, proto: u8, l4: &[u8]) -> Vec<u8> {
+        let mut pkt = Vec::new();
+        pkt.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02]);
+        match (self.dst.ip(), self.src.ip()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                p.extend_from_slice(&s.octets());
-                p.extend_from_slice(&d.octets());
-                p.extend_from_slice(&[0, self.proto]);
-                p.extend_from_slice(&(l4_len as u16).to_be_bytes());
+                pkt.extend_from_slice(&0x0800u16.to_be_bytes());
+                let mut ip = vec![0x45, 0];
+                ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+                ip.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
+                ip.extend_from_slice(&s.octets());
+                ip.extend_from_slice(&d.octets());
+                let c = checksum(&ip);
+                ip[10..12].copy_from_slice(&c.to_be_bytes());
+                pkt.extend_from_slice(&ip);
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
-                p.extend_from_slice(&s.octets());
-                p.extend_from_slice(&d.octets());
-                p.extend_from_slice(&(l4_len as u32).to_be_bytes());
-                p.extend_from_slice(&[0, 0, 0, self.proto]);
+                pkt.extend_from_slice(&0x86ddu16.to_be_bytes());
+                pkt.extend_from_slice(&[0x60, 0, 0, 0]);
+                pkt.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+                pkt.extend_from_slice(&[proto, 64]);
+                pkt.extend_from_slice(&s.octets());
+                pkt.extend_from_slice(&d.octets());
             }
             _ => panic!("mixed address families"),
         }
-        p
+        pkt.extend_from_slice(l4);
+        pkt
     }
+}
+
+/// The TCP/UDP (ICMPv6) pseudo-header of a segment of `l4_len` bytes.
+fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, l4_len: usize) -> Vec<u8> {
+    let mut p = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            p.extend_from_slice(&[0, proto]);
+            p.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            p.extend_from_slice(&(l4_len as u32).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, proto]);
+        }
+        _ => panic!("mixed address families"),
+    }
+    p
 }
 
 /// Big-endian one's-complement sum of `bytes`, unfolded.
@@ -254,6 +360,32 @@ mod tests {
         assert_eq!(fold(sum(ip)), 0xffff);
         let seg = &pkt[34..];
         assert_eq!(fold(sum(&s.pseudo_header(seg.len())) + sum(seg)), 0xffff);
+    }
+
+    #[test]
+    fn refusals_verify_and_go_back_where_the_packet_came_from() {
+        let syn = Spec {
+            tcp_flags: SYN,
+            ..Spec::tcp("10.0.0.1:1234", "10.96.0.10:80")
+        };
+        let rst = syn.reset();
+        assert_eq!(rst.len(), 14 + 20 + 20);
+        assert_eq!(&rst[0..6], &syn.build()[6..12], "back to the sender's MAC");
+        assert_eq!(fold(sum(&rst[14..34])), 0xffff);
+        let pseudo = pseudo_header(syn.dst.ip(), syn.src.ip(), TCP, 20);
+        assert_eq!(fold(sum(&pseudo) + sum(&rst[34..])), 0xffff);
+        // RST|ACK acknowledging the SYN and its 14 bytes of payload.
+        assert_eq!(rst[47], RST | ACK);
+        assert_eq!(&rst[42..46], &(0x0102_0304u32 + 15).to_be_bytes());
+
+        let udp = Spec::udp("[2001:db8::2]:5353", "[fd00:96::10]:53");
+        let icmp = udp.port_unreachable();
+        assert_eq!(icmp.len(), 14 + 40 + 8 + 48);
+        let pseudo = pseudo_header(udp.dst.ip(), udp.src.ip(), 58, 56);
+        assert_eq!(fold(sum(&pseudo) + sum(&icmp[54..])), 0xffff);
+        assert_eq!(&icmp[62..], &udp.build()[14..62], "quotes the request");
+        let icmp4 = Spec::udp("10.0.0.1:5353", "10.96.0.10:53").port_unreachable();
+        assert_eq!(fold(sum(&icmp4[34..])), 0xffff);
     }
 
     #[test]

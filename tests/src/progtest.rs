@@ -26,6 +26,10 @@ pub const HOOKS: [Hook; 2] = [Hook::Xdp, Hook::Tc];
 pub enum Action {
     Pass,
     Drop,
+    /// XDP_TX: sent back out of the interface it came in on.
+    Tx,
+    /// TC_ACT_REDIRECT: sent to the interface the program chose.
+    Redirect,
     Other(u32),
 }
 
@@ -34,6 +38,8 @@ impl Hook {
         match (self, code) {
             (Hook::Xdp, 2) | (Hook::Tc, 0) => Action::Pass,
             (Hook::Xdp, 1) | (Hook::Tc, 2) => Action::Drop,
+            (Hook::Xdp, 3) => Action::Tx,
+            (Hook::Tc, 7) => Action::Redirect,
             (_, c) => Action::Other(c),
         }
     }

@@ -368,3 +368,82 @@ pub fn udp_request(
     ]))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// How one `curl_try` ended.
+#[derive(Debug)]
+pub struct CurlTry {
+    /// curl's exit code: 0 answered; 7 could not connect (refused, or no
+    /// route: see `log`); 28 timed out.
+    pub code: i32,
+    pub took: std::time::Duration,
+    /// curl's verbose log (stderr): "connect to ... failed: Connection
+    /// refused" tells a refusal from an unreachable network.
+    pub log: String,
+}
+
+/// One HTTP GET with curl from inside `ns`, given up after `max_time`.
+pub fn curl_try(
+    ns: &NetNs,
+    addr: std::net::IpAddr,
+    port: u16,
+    max_time: std::time::Duration,
+) -> Result<CurlTry> {
+    let url = url(addr, port);
+    let max_time = format!("{:.1}", max_time.as_secs_f64());
+    let started = std::time::Instant::now();
+    let out = ns
+        .command("curl")
+        .args([
+            "-sS",
+            "-v",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            &max_time,
+            &url,
+        ])
+        .output()
+        .context("running curl")?;
+    let took = started.elapsed();
+    Ok(CurlTry {
+        code: out.status.code().context("curl was killed by a signal")?,
+        took,
+        log: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// One request over a connected UDP socket (python3) from inside `ns`,
+/// given up after `timeout`: the answer, or the error the socket reported
+/// (`ECONNREFUSED` once an ICMP port unreachable came back), or
+/// `timeout`; and how long the exchange took.
+pub fn udp_connected(
+    ns: &NetNs,
+    addr: std::net::IpAddr,
+    port: u16,
+    timeout: std::time::Duration,
+) -> Result<(String, std::time::Duration)> {
+    const CLIENT: &str = "import errno, socket, sys, time\n\
+        a = (sys.argv[1], int(sys.argv[2]))\n\
+        s = socket.socket(socket.AF_INET6 if ':' in a[0] else socket.AF_INET, socket.SOCK_DGRAM)\n\
+        s.settimeout(float(sys.argv[3]))\n\
+        s.connect(a)\n\
+        t = time.monotonic()\n\
+        try:\n    s.send(b'ping')\n    out = s.recv(65535).decode().strip()\n\
+        except socket.timeout:\n    out = 'timeout'\n\
+        except OSError as e:\n    out = errno.errorcode.get(e.errno, str(e.errno))\n\
+        print(out, time.monotonic() - t)\n";
+    let out = sh(ns.command("python3").args([
+        "-c",
+        CLIENT,
+        &addr.to_string(),
+        &port.to_string(),
+        &timeout.as_secs_f64().to_string(),
+    ]))?;
+    let out = String::from_utf8_lossy(&out.stdout);
+    let (answer, secs) = out
+        .trim()
+        .rsplit_once(' ')
+        .with_context(|| format!("the UDP client's output: {out:?}"))?;
+    let secs: f64 = secs.parse().context("the UDP client's time")?;
+    Ok((answer.to_string(), std::time::Duration::from_secs_f64(secs)))
+}

@@ -6,12 +6,14 @@
 //! `SocketAddr` writes them, e.g. `10.96.0.10:80/tcp=10.244.1.2:8080` or
 //! `[fd00:96::10]:80/udp=[fd00:244:1::2]:8080,[fd00:244:1::3]:8080`. A
 //! backend on another node ends in `@remote`: `10.244.2.5:8080@remote`.
+//! Without backends (`10.96.0.10:80/tcp=`) a frontend has no endpoints at
+//! all, so it refuses new flows.
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use svc_agent::{
     dataplane::{Dataplane, Endpoint, Frontend, Settings},
-    model::{Desired, ServicePortName, Target},
+    model::{Desired, ServicePortName, Target, reject_flag},
     reconcile::Reconciler,
 };
 
@@ -69,8 +71,13 @@ pub fn desired(services: &[StaticService]) -> Result<Desired> {
                 name: svc.frontend.addr.to_string(),
                 port: String::new(),
             },
+            // A frontend listed without backends has no endpoints
+            // anywhere: it refuses, as the agent's model decides.
+            settings: Settings {
+                flags: reject_flag(&backends, !backends.is_empty()),
+                ..Settings::default()
+            },
             backends,
-            settings: Settings::default(),
             source_ranges: Vec::new(),
         };
         if out.insert(svc.frontend, target).is_some() {

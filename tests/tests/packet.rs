@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use svc_common::DropReason;
 use tests::{
-    packet::{Csum, FIN_ACK, Frag, Spec, TCP, UDP, diff},
+    packet::{Csum, FIN_ACK, Frag, PSH_ACK, SYN, Spec, TCP, UDP, diff},
     progtest::{Action, Fixture, HOOKS, Hook, loopback},
 };
 
@@ -250,15 +250,204 @@ fn fragments_and_truncated_packets_pass_unchanged() {
     }
 }
 
+/// Frontends without endpoints (so the agent sets REJECT on them): VIP4
+/// and VIP6, TCP and UDP.
+fn empty_fixture() -> Fixture {
+    let mut f = Fixture::new();
+    f.services(&[
+        &format!("{VIP4}/tcp="),
+        &format!("{VIP4}/udp="),
+        &format!("{VIP6}/tcp="),
+        &format!("{VIP6}/udp="),
+    ]);
+    f
+}
+
+/// What a hook does with a refusal: XDP sends it back out of the uplink,
+/// tc redirects it (to the pod's end of the veth).
+fn sent(hook: Hook) -> Action {
+    match hook {
+        Hook::Xdp => Action::Tx,
+        Hook::Tc => Action::Redirect,
+    }
+}
+
+fn count(f: &Fixture, reason: DropReason) -> u64 {
+    let drops = f.dp.drop_stats().unwrap();
+    drops.iter().find(|(r, _)| *r == reason).unwrap().1
+}
+
 #[test]
-fn frontend_without_backends_drops_and_counts() {
+fn frontend_without_endpoints_refuses_tcp_with_a_reset_and_udp_with_port_unreachable() {
+    for hook in HOOKS {
+        let mut f = empty_fixture();
+        let mut refused = 0;
+        for base in client_packets() {
+            // Replies shorter, as long as and longer than the packet: the
+            // program shrinks it or grows it.
+            let mut specs = Vec::new();
+            for payload in [Vec::new(), b"hello, service".to_vec(), vec![0x5a; 1200]] {
+                let s = Spec {
+                    payload,
+                    ..base.clone()
+                };
+                if s.proto == TCP {
+                    // Without ACK: RST|ACK acknowledging payload, SYN and
+                    // FIN; with ACK: RST from its ack.
+                    for flags in [SYN, PSH_ACK, FIN_ACK, 0x01, 0x10] {
+                        specs.push(Spec {
+                            tcp_flags: flags,
+                            ..s.clone()
+                        });
+                    }
+                } else {
+                    // The quoted header holds the checksum as it came.
+                    for csum in [Csum::Full, Csum::Partial, Csum::Zero] {
+                        specs.push(Spec { csum, ..s.clone() });
+                    }
+                }
+            }
+            for spec in specs {
+                let want = if spec.proto == TCP {
+                    spec.reset()
+                } else {
+                    spec.port_unreachable()
+                };
+                let (a, out) = f.run(hook, &spec.build());
+                assert_eq!(a, sent(hook), "{hook:?} {spec:?}");
+                assert!(out == want, "{hook:?} {spec:?}: {}", diff(&out, &want));
+                refused += 1;
+            }
+        }
+        assert_eq!(count(&f, DropReason::Rejected), refused, "{hook:?}");
+        assert_eq!(count(&f, DropReason::NoBackend), 0, "{hook:?}");
+
+        // An endpoint appears: the same packets are served.
+        f.services(&[
+            &format!("{VIP4}/tcp={}", BACKENDS4[0]),
+            &format!("{VIP4}/udp={}", BACKENDS4[0]),
+            &format!("{VIP6}/tcp={}", BACKENDS6[0]),
+            &format!("{VIP6}/udp={}", BACKENDS6[0]),
+        ]);
+        for spec in client_packets() {
+            let (a, out) = f.run(hook, &spec.build());
+            assert_dnat(hook, &spec, a, &out);
+        }
+    }
+}
+
+#[test]
+fn refusals_are_not_sent_to_resets_tagged_frames_ip_options_or_non_hosts() {
+    for hook in HOOKS {
+        let mut f = empty_fixture();
+        let mut specs = Vec::new();
+        // A reset is never answered (RFC 793).
+        for flags in [0x04, 0x14] {
+            for base in [Spec::tcp(CLIENT4, VIP4), Spec::tcp(CLIENT6, VIP6)] {
+                specs.push(Spec {
+                    tcp_flags: flags,
+                    ..base
+                });
+            }
+        }
+        // Layouts the refusal does not handle: VLAN tags, IPv4 options.
+        for mut s in client_packets() {
+            s.vlan = Some(42);
+            specs.push(s);
+        }
+        for proto in [TCP, UDP] {
+            let mut s = Spec::new(proto, CLIENT4, VIP4);
+            s.ip_options = vec![1, 1, 1, 0];
+            specs.push(s);
+        }
+        // Sources that are no single host.
+        for src in [
+            "224.0.0.1:5353",
+            "255.255.255.255:68",
+            "0.0.0.0:68",
+            "[ff02::1]:5353",
+            "[::]:546",
+        ] {
+            let src: SocketAddr = src.parse().unwrap();
+            let vip = if src.is_ipv4() { VIP4 } else { VIP6 };
+            for proto in [TCP, UDP] {
+                specs.push(Spec::new(proto, &src.to_string(), vip));
+            }
+        }
+        for spec in &specs {
+            let pkt = spec.build();
+            assert_eq!(f.run(hook, &pkt).0, Action::Drop, "{hook:?} {spec:?}");
+        }
+        assert_eq!(
+            count(&f, DropReason::NoBackend),
+            specs.len() as u64,
+            "{hook:?}"
+        );
+        assert_eq!(count(&f, DropReason::Rejected), 0, "{hook:?}");
+    }
+}
+
+#[test]
+fn external_local_frontend_without_local_endpoints_drops_instead_of_refusing() {
+    use svc_agent::dataplane::{Frontend, Protocol, Settings};
+    use svc_common::service_flags::{EXTERNAL_LOCAL, NODE_PORT, REJECT};
+    // externalTrafficPolicy: Local, endpoints only on other nodes: no
+    // backends here and no REJECT (kube-proxy drops such traffic).
     for hook in HOOKS {
         let mut f = Fixture::new();
-        f.services(&["10.96.0.20:80/tcp="]);
-        let pkt = Spec::tcp(CLIENT4, "10.96.0.20:80").build();
-        assert_eq!(f.run(hook, &pkt).0, Action::Drop, "{hook:?}");
-        let drops = f.dp.drop_stats().unwrap();
-        assert!(drops.contains(&(DropReason::NoBackend, 1)), "{drops:?}");
+        let frontend = |addr: &str, proto| Frontend {
+            addr: addr.parse().unwrap(),
+            proto,
+        };
+        let mut packets = Vec::new();
+        for (id, (addr, client)) in [
+            ("192.0.2.1:30080", CLIENT4),
+            ("[2001:db8::1]:30080", CLIENT6),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for (k, proto) in [Protocol::Tcp, Protocol::Udp].into_iter().enumerate() {
+                let local = Settings {
+                    flags: NODE_PORT | EXTERNAL_LOCAL,
+                    affinity_timeout_s: 0,
+                };
+                let id = (id * 2 + k) as u32;
+                f.dp.set_service(&frontend(addr, proto), id, local, &[])
+                    .unwrap();
+                let p = if proto == Protocol::Tcp { TCP } else { UDP };
+                packets.push(Spec {
+                    tcp_flags: SYN,
+                    ..Spec::new(p, client, addr)
+                });
+            }
+        }
+        for spec in &packets {
+            assert_eq!(
+                f.run(hook, &spec.build()).0,
+                Action::Drop,
+                "{hook:?} {spec:?}"
+            );
+        }
+        assert_eq!(count(&f, DropReason::NoBackend), packets.len() as u64);
+        assert_eq!(count(&f, DropReason::Rejected), 0);
+
+        // With no endpoint anywhere the agent adds REJECT: refused.
+        let spec = &packets[0];
+        let refusing = Settings {
+            flags: NODE_PORT | EXTERNAL_LOCAL | REJECT,
+            affinity_timeout_s: 0,
+        };
+        f.dp.set_service(
+            &frontend("192.0.2.1:30080", Protocol::Tcp),
+            0,
+            refusing,
+            &[],
+        )
+        .unwrap();
+        let (a, out) = f.run(hook, &spec.build());
+        assert_eq!(a, sent(hook));
+        assert!(out == spec.reset(), "{}", diff(&out, &spec.reset()));
     }
 }
 
