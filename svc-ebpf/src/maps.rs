@@ -56,6 +56,10 @@ pub static XDP_FORWARD: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UPLINK
 #[map]
 pub static REWRITE: PerCpuArray<crate::lb::Rewrite> = PerCpuArray::with_max_entries(1, 0);
 
+/// Scratch space for the packet an ICMP error quotes (`icmp`), likewise.
+#[map]
+pub static QUOTED: PerCpuArray<crate::packet::Flow> = PerCpuArray::with_max_entries(1, 0);
+
 /// Socket-level load balancing (`sock`): for each socket sent to a backend
 /// in a frontend's place, the address the application asked for.
 #[map]

@@ -12,11 +12,13 @@ use svc_agent::dataplane::Dataplane;
 
 use crate::static_services::{self, StaticService};
 
-/// The two attach points, whose programs must behave alike.
+/// The attach points. XDP and tc ingress translate service traffic and
+/// must behave alike (`HOOKS`); tc egress only translates ICMP errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     Xdp,
     Tc,
+    TcEgress,
 }
 
 pub const HOOKS: [Hook; 2] = [Hook::Xdp, Hook::Tc];
@@ -32,8 +34,8 @@ pub enum Action {
 impl Hook {
     fn action(self, code: u32) -> Action {
         match (self, code) {
-            (Hook::Xdp, 2) | (Hook::Tc, 0) => Action::Pass,
-            (Hook::Xdp, 1) | (Hook::Tc, 2) => Action::Drop,
+            (Hook::Xdp, 2) | (Hook::Tc | Hook::TcEgress, 0) => Action::Pass,
+            (Hook::Xdp, 1) | (Hook::Tc | Hook::TcEgress, 2) => Action::Drop,
             (_, c) => Action::Other(c),
         }
     }
@@ -91,6 +93,7 @@ impl Fixture {
         let r = match hook {
             Hook::Xdp => self.dp.xdp_program()?.test_run(opts),
             Hook::Tc => self.dp.tc_program()?.test_run(opts),
+            Hook::TcEgress => self.dp.tc_egress_program()?.test_run(opts),
         }
         .context("BPF_PROG_TEST_RUN")?;
         out.truncate(r.data_size_out as usize);

@@ -124,14 +124,28 @@ impl Sandbox {
     }
 
     /// Loads a dataplane (maps of its own, nothing pinned) and attaches it
-    /// as the agent would: XDP on the uplink, tcx on every pod veth.
+    /// as the agent would: XDP and tcx egress on the uplink, tcx ingress
+    /// and egress on every pod veth.
     pub fn attach_dataplane(&self) -> Result<svc_agent::dataplane::Dataplane> {
+        self.attach_dataplane_with(true)
+    }
+
+    /// Like `attach_dataplane`, with or without the egress program (which
+    /// only translates ICMP errors the node sends: its cost on everything
+    /// else is measured against `false`).
+    pub fn attach_dataplane_with(&self, egress: bool) -> Result<svc_agent::dataplane::Dataplane> {
         let veths: Vec<&str> = self.pods.iter().map(|p| p.node_veth.as_str()).collect();
         self.node.enter(|| {
             let mut dp = svc_agent::dataplane::Dataplane::load()?;
             dp.attach_xdp(UPLINK)?;
+            if egress {
+                dp.attach_tc_egress(UPLINK)?;
+            }
             for veth in &veths {
                 dp.attach_tc(veth)?;
+                if egress {
+                    dp.attach_tc_egress(veth)?;
+                }
             }
             Ok(dp)
         })

@@ -111,7 +111,7 @@ pub fn baseline_run(base: &mut Ebpf, hook: Hook, pkt: &[u8], repeat: u32) -> Res
             }
             p.test_run(opts)?
         }
-        Hook::Tc => {
+        Hook::Tc | Hook::TcEgress => {
             let p: &mut SchedClassifier = base
                 .program_mut("baseline_tc")
                 .context("baseline_tc")?
