@@ -24,7 +24,7 @@ use crate::{
     api::{self, Snapshot},
     apiserver::{Cidr, ServiceNetwork},
     cluster::{self, ClusterSource},
-    dataplane::{Capacity, Dataplane, Pins, SockLbTarget, XdpForwarding},
+    dataplane::{Capacity, Dataplane, Pins, SockLbTarget, TcHook, XdpForwarding},
     health::Health,
     http_server::{self, HealthHandle, SharedHealth},
     maglev::LoadBalancing,
@@ -745,7 +745,14 @@ impl Interfaces {
                     warn!("{name}: accept_local: {e} (SNATed traffic may be dropped)");
                 }
                 dp.attach_xdp_pinned(name, &cfg.pins.xdp_link(name))
-                    .map(|_| "XDP")
+                    .and_then(|_| {
+                        dp.attach_tc_pinned(
+                            name,
+                            TcHook::Egress,
+                            &cfg.pins.tc_link(name, TcHook::Egress),
+                        )
+                    })
+                    .map(|_| "XDP and tcx egress")
             } else if cfg
                 .pod_interfaces
                 .iter()
@@ -754,8 +761,12 @@ impl Interfaces {
                 if let Err(e) = netif::accept_local_source(name) {
                     warn!("{name}: accept_local: {e} (NodePort replies may be dropped)");
                 }
-                dp.attach_tc_pinned(name, &cfg.pins.tc_link(name))
-                    .map(|_| "tcx ingress")
+                [TcHook::Ingress, TcHook::Egress]
+                    .into_iter()
+                    .try_for_each(|hook| {
+                        dp.attach_tc_pinned(name, hook, &cfg.pins.tc_link(name, hook))
+                    })
+                    .map(|_| "tcx ingress and egress")
             } else {
                 continue;
             };
@@ -777,7 +788,9 @@ impl Interfaces {
         for name in gone {
             self.attached.remove(&name);
             let _ = std::fs::remove_file(cfg.pins.xdp_link(&name));
-            let _ = std::fs::remove_file(cfg.pins.tc_link(&name));
+            for hook in [TcHook::Ingress, TcHook::Egress] {
+                let _ = std::fs::remove_file(cfg.pins.tc_link(&name, hook));
+            }
         }
     }
 }

@@ -25,7 +25,8 @@ use svc_common::{
     DROP_STATS_MAP, DropReason, FlowKey, MAX_BACKENDS, MAX_CONNTRACK, MAX_SERVICE_SLOTS,
     MAX_SERVICES, NatEntry, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SERVICE_STATS_MAP, SERVICES_MAP,
     SNAT_CONFIG_MAP, SOURCE_RANGES_MAP, ServiceKey, ServiceStats, ServiceValue, SnatConfig,
-    SourceRangeKey, TC_PROGRAM, VIRTUAL_UPLINKS_MAP, XDP_FORWARD_MAP, XDP_PROGRAM, backend_flags,
+    SourceRangeKey, TC_EGRESS_PROGRAM, TC_PROGRAM, VIRTUAL_UPLINKS_MAP, XDP_FORWARD_MAP,
+    XDP_PROGRAM, backend_flags,
 };
 use svc_common::{
     MAGLEV_CHUNK_SLOTS, MAGLEV_CONFIG_MAP, MAGLEV_MAP, MaglevChunk, MaglevConfig, MaglevKey,
@@ -232,6 +233,24 @@ pub struct Dataplane {
     capacity: Capacity,
 }
 
+/// The two tcx hooks and their programs: ingress of pod veths (service
+/// traffic from pods), egress of pod veths and uplinks (ICMP errors the
+/// node sends about translated flows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcHook {
+    Ingress,
+    Egress,
+}
+
+impl TcHook {
+    fn program(self) -> &'static str {
+        match self {
+            TcHook::Ingress => TC_PROGRAM,
+            TcHook::Egress => TC_EGRESS_PROGRAM,
+        }
+    }
+}
+
 /// Whether XDP sends translated packets out of an uplink itself (after a
 /// FIB lookup) or hands them to the stack.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -330,6 +349,8 @@ impl Dataplane {
         xdp.load().context("loading the XDP program")?;
         let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?.try_into()?;
         tc.load().context("loading the tc program")?;
+        let egress: &mut SchedClassifier = program(&mut ebpf, TC_EGRESS_PROGRAM)?.try_into()?;
+        egress.load().context("loading the tc egress program")?;
         Self {
             services: HashMap::try_from(take_map(&mut ebpf, SERVICES_MAP)?)?,
             backends: HashMap::try_from(take_map(&mut ebpf, BACKENDS_MAP)?)?,
@@ -509,7 +530,13 @@ impl Dataplane {
     /// Attaches the tc program at tcx ingress of a pod veth (node side);
     /// the link lives as long as this dataplane.
     pub fn attach_tc(&mut self, iface: &str) -> Result<()> {
-        self.new_tc_link(iface).map(drop)
+        self.new_tc_link(iface, TcHook::Ingress).map(drop)
+    }
+
+    /// Attaches the egress program (ICMP errors the node sends about
+    /// translated flows) at tcx egress of a pod veth or an uplink.
+    pub fn attach_tc_egress(&mut self, iface: &str) -> Result<()> {
+        self.new_tc_link(iface, TcHook::Egress).map(drop)
     }
 
     /// Attaches XDP to `iface` through a link pinned at `pin`. If a link is
@@ -531,11 +558,11 @@ impl Dataplane {
         pin_link(xdp.take_link(id)?.try_into()?, pin)
     }
 
-    /// Attaches tcx ingress to `iface` through a link pinned at `pin`,
+    /// Attaches tcx `hook` of `iface` through a link pinned at `pin`,
     /// adopting an existing pinned link as `attach_xdp_pinned` does.
-    pub fn attach_tc_pinned(&mut self, iface: &str, pin: &Path) -> Result<()> {
+    pub fn attach_tc_pinned(&mut self, iface: &str, hook: TcHook, pin: &Path) -> Result<()> {
         if let Some(link) = adopt_link(pin) {
-            let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?.try_into()?;
+            let tc: &mut SchedClassifier = program(&mut self.ebpf, hook.program())?.try_into()?;
             if let Ok(link) = SchedClassifierLink::try_from(link)
                 && tc.attach_to_link(link).is_ok()
             {
@@ -543,8 +570,8 @@ impl Dataplane {
             }
             let _ = std::fs::remove_file(pin);
         }
-        let id = self.new_tc_link(iface)?;
-        let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?.try_into()?;
+        let id = self.new_tc_link(iface, hook)?;
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, hook.program())?.try_into()?;
         pin_link(tc.take_link(id)?.try_into()?, pin)
     }
 
@@ -644,11 +671,15 @@ impl Dataplane {
             .with_context(|| format!("attaching XDP to {iface}"))
     }
 
-    fn new_tc_link(&mut self, iface: &str) -> Result<SchedClassifierLinkId> {
-        let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?.try_into()?;
+    fn new_tc_link(&mut self, iface: &str, hook: TcHook) -> Result<SchedClassifierLinkId> {
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, hook.program())?.try_into()?;
         let name = std::ffi::CString::new(iface)?;
-        tc.attach(name.as_c_str(), TcAttachType::Ingress)
-            .with_context(|| format!("attaching tcx ingress to {iface}"))
+        let (kind, what) = match hook {
+            TcHook::Ingress => (TcAttachType::Ingress, "ingress"),
+            TcHook::Egress => (TcAttachType::Egress, "egress"),
+        };
+        tc.attach(name.as_c_str(), kind)
+            .with_context(|| format!("attaching tcx {what} to {iface}"))
     }
 
     /// Tells the XDP program whether `iface` may deliver partial
@@ -688,6 +719,10 @@ impl Dataplane {
 
     pub fn tc_program(&mut self) -> Result<&mut SchedClassifier> {
         Ok(program(&mut self.ebpf, TC_PROGRAM)?.try_into()?)
+    }
+
+    pub fn tc_egress_program(&mut self) -> Result<&mut SchedClassifier> {
+        Ok(program(&mut self.ebpf, TC_EGRESS_PROGRAM)?.try_into()?)
     }
 
     /// The eBPF object, for attaching aya-log.
@@ -1180,7 +1215,7 @@ fn dump(
 }
 
 /// Where an agent pins its maps and links, under one bpffs directory:
-/// `maps/<MAP>` and `links/<xdp|tcx>-<interface>`.
+/// `maps/<MAP>` and `links/<xdp|tcx|tcx-egress>-<interface>`.
 #[derive(Clone, Debug)]
 pub struct Pins {
     pub dir: PathBuf,
@@ -1199,8 +1234,13 @@ impl Pins {
         self.links_dir().join(format!("xdp-{iface}"))
     }
 
-    pub fn tc_link(&self, iface: &str) -> PathBuf {
-        self.links_dir().join(format!("tcx-{iface}"))
+    /// tcx ingress keeps the name it had before egress links existed, so
+    /// an upgraded agent adopts its predecessor's links.
+    pub fn tc_link(&self, iface: &str, hook: TcHook) -> PathBuf {
+        match hook {
+            TcHook::Ingress => self.links_dir().join(format!("tcx-{iface}")),
+            TcHook::Egress => self.links_dir().join(format!("tcx-egress-{iface}")),
+        }
     }
 
     /// The socket hook `hook` (`connect4`, ...) on the node's cgroup.

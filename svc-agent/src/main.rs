@@ -107,7 +107,8 @@ struct RunArgs {
     /// EndpointSlice manifests (watched), for clusters without one.
     #[arg(long)]
     manifests: Option<PathBuf>,
-    /// Uplinks (traffic from outside the node): get the XDP program.
+    /// Uplinks (traffic from outside the node): get the XDP program, and
+    /// tcx egress for the ICMP errors the node sends.
     #[arg(
         long,
         env = "SVC_AGENT_UPLINKS",
@@ -116,7 +117,8 @@ struct RunArgs {
     )]
     uplinks: Vec<String>,
     /// Node-side pod interfaces, names or globs (`veth*,cali*,lxc*`): get
-    /// the tcx program, also when they appear later.
+    /// the tcx programs (ingress, and egress for ICMP errors the node
+    /// sends), also when they appear later.
     #[arg(
         long,
         env = "SVC_AGENT_POD_INTERFACES",

@@ -40,7 +40,8 @@ impl Diff {
     /// Records that word `old` becomes `new`.
     #[inline(always)]
     pub const fn word(self, old: u16, new: u16) -> Self {
-        // At most ~20 words are ever recorded, so a u32 cannot overflow.
+        // At most ~40 words are ever recorded (an ICMPv6 error's quoted
+        // and outer addresses), so a u32 cannot overflow.
         Self(self.0 + (!old) as u32 + new as u32)
     }
 

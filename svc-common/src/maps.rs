@@ -32,6 +32,9 @@ pub const MAGLEV_CONFIG_MAP: &str = "MAGLEV_CONFIG";
 /// Program names (the Rust function names in `svc-ebpf`).
 pub const XDP_PROGRAM: &str = "svc_xdp";
 pub const TC_PROGRAM: &str = "svc_tc";
+/// tcx egress of pod veths and uplinks: ICMP errors the node itself sends
+/// about translated flows (see `svc-ebpf/src/icmp.rs`).
+pub const TC_EGRESS_PROGRAM: &str = "svc_tc_egress";
 
 /// Capacity of the maps. Sized for a large cluster's worth of frontends and
 /// endpoints while staying in the tens of megabytes.
@@ -54,6 +57,8 @@ pub const MAX_SOURCE_RANGES: u32 = 16_384;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_SCTP: u8 = 132;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 
 /// Key of `SERVICES`: one frontend and one slot of it.
 #[repr(C)]

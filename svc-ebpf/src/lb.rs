@@ -316,6 +316,48 @@ pub fn snat(flow: &Flow, rw: &mut Rewrite) -> bool {
     true
 }
 
+/// For a packet an ICMP error quotes (`quoted`, as translated), the
+/// addresses and ports it had before translation, into `rw`: its sender's
+/// view of it. The packet went one of two ways:
+/// * client -> backend (a forward packet): its flow's reply entry, keyed
+///   by the reverse tuple, holds the frontend and the client;
+/// * frontend -> client (a reply, reverse-NATed): its flow's forward
+///   entry, keyed by the reverse tuple too, holds the client (or the SNAT
+///   address and port) and the backend.
+///
+/// Either entry holds the rewrite for the packets going against the
+/// quoted one, so the quoted packet's own tuple is that entry read
+/// backwards. False: no flow of ours. A subprogram of its own: the
+/// caller's frame has no room for the key.
+#[inline(never)]
+pub fn quoted_original(quoted: &Flow, rw: &mut Rewrite) -> bool {
+    let mut key = FlowKey {
+        src_addr: quoted.dst,
+        dst_addr: quoted.src,
+        src_port: quoted.dst_port,
+        dst_port: quoted.src_port,
+        proto: quoted.proto,
+        direction: CT_REPLY,
+        _pad: [0; 2],
+    };
+    // SAFETY: values are plain integers (see `decide`).
+    let nat = match unsafe { CONNTRACK.get(&key) } {
+        Some(nat) => nat,
+        None => {
+            key.direction = CT_FORWARD;
+            match unsafe { CONNTRACK.get(&key) } {
+                Some(nat) => nat,
+                None => return false,
+            }
+        }
+    };
+    rw.src = nat.dst_addr;
+    rw.src_port = nat.dst_port;
+    rw.dst = nat.src_addr;
+    rw.dst_port = nat.src_port;
+    true
+}
+
 /// Whether a conntrack entry has outlived its timeout (`CtTimeouts`).
 #[inline(always)]
 fn expired(entry: &NatEntry, proto: u8, now: u32) -> bool {

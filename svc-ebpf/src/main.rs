@@ -10,14 +10,22 @@
 //!
 //! New flows to a frontend without endpoints are refused where they enter
 //! (`reject`), as kube-proxy's REJECT rule refuses them.
+//!
+//! ICMP errors about translated flows are translated back (`icmp`) where
+//! they are seen: from outside in `svc_xdp`, from pods in `svc_tc`, and
+//! those the node itself sends (a packet too big for the next link) in
+//! `svc_tc_egress`, tcx egress on pod veths and uplinks, which lets every
+//! other packet go after one look at its IP protocol.
 #![no_std]
 #![no_main]
 
+mod icmp;
 mod lb;
 mod maps;
 mod packet;
 // Refusing flows to frontends without endpoints (TCP reset, ICMP).
 mod reject;
+mod reroute;
 // Socket-level load balancing for the node's own processes (cgroup hooks).
 mod sock;
 mod tc_rewrite;
@@ -32,7 +40,11 @@ use aya_ebpf::{
 
 use aya_log_ebpf::warn;
 
-use crate::lb::{Origin, Verdict};
+use crate::{
+    icmp::Outcome,
+    lb::{Origin, Verdict},
+    packet::Flow,
+};
 
 #[xdp]
 pub fn svc_xdp(ctx: XdpContext) -> u32 {
@@ -40,6 +52,16 @@ pub fn svc_xdp(ctx: XdpContext) -> u32 {
     let Some(flow) = packet::parse(data, data_end) else {
         return xdp_action::XDP_PASS;
     };
+    if flow.is_icmp() {
+        // Translated or not, the stack takes it from here.
+        return match icmp::translate(data, data_end, &flow) {
+            Outcome::Failed => {
+                lb::count_drop(svc_common::DropReason::RewriteFailed);
+                xdp_action::XDP_DROP
+            }
+            _ => xdp_action::XDP_PASS,
+        };
+    }
     let Some(rw) = maps::REWRITE.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
     };
@@ -72,6 +94,9 @@ pub fn svc_tc(ctx: TcContext) -> i32 {
     let Some(flow) = tc_rewrite::parse(&ctx) else {
         return TC_ACT_OK;
     };
+    if flow.is_icmp() {
+        return tc_icmp(&ctx, &flow, false);
+    }
     let Some(rw) = maps::REWRITE.get_ptr_mut(0) else {
         return TC_ACT_OK;
     };
@@ -94,6 +119,39 @@ pub fn svc_tc(ctx: TcContext) -> i32 {
                 TC_ACT_SHOT
             }
         },
+    }
+}
+
+/// tcx egress: only ICMP errors the node sends about translated flows are
+/// of interest here; everything else leaves after one look.
+#[classifier]
+pub fn svc_tc_egress(ctx: TcContext) -> i32 {
+    if !tc_rewrite::maybe_icmp(&ctx) {
+        return TC_ACT_OK;
+    }
+    match tc_rewrite::parse(&ctx) {
+        Some(flow) if flow.is_icmp() => tc_icmp(&ctx, &flow, true),
+        _ => TC_ACT_OK,
+    }
+}
+
+/// An ICMP packet in tc. At egress the stack has routed it already, so an
+/// error that now goes elsewhere is routed again (`reroute`); at ingress
+/// routing comes after.
+#[inline(always)]
+fn tc_icmp(ctx: &TcContext, flow: &Flow, egress: bool) -> i32 {
+    if tc_rewrite::pull(ctx, tc_rewrite::QUOTE_HEADERS_MAX).is_none() {
+        return TC_ACT_OK;
+    }
+    match icmp::translate(ctx.data(), ctx.data_end(), flow) {
+        Outcome::Untouched | Outcome::Translated => TC_ACT_OK,
+        Outcome::Readdressed if egress => reroute::redirect(ctx, flow),
+        Outcome::Readdressed => TC_ACT_OK,
+        Outcome::Failed => {
+            lb::count_drop(svc_common::DropReason::RewriteFailed);
+            warn!(ctx, "svc_tc: ICMP error translation failed, packet dropped");
+            TC_ACT_SHOT
+        }
     }
 }
 

@@ -77,6 +77,10 @@ pub static REWRITE: PerCpuArray<crate::lb::Rewrite> = PerCpuArray::with_max_entr
 #[map]
 pub static REPLY: PerCpuArray<[u8; crate::reject::REPLY_MAX]> = PerCpuArray::with_max_entries(1, 0);
 
+/// Scratch space for the packet an ICMP error quotes (`icmp`), likewise.
+#[map]
+pub static QUOTED: PerCpuArray<crate::packet::Flow> = PerCpuArray::with_max_entries(1, 0);
+
 /// Socket-level load balancing (`sock`): for each socket sent to a backend
 /// in a frontend's place, the address the application asked for.
 #[map]

@@ -2,7 +2,7 @@
 //!
 //! Anything not handled returns `None` and the caller passes the packet on
 //! untouched: non-IP, IP fragments, IPv6 extension headers, protocols other
-//! than TCP and UDP, and headers cut short by the end of the buffer.
+//! than TCP, UDP and ICMP, and headers cut short by the end of the buffer.
 use core::mem::size_of;
 
 use network_types::{
@@ -10,10 +10,10 @@ use network_types::{
     tcp::TcpHdr,
     udp::UdpHdr,
 };
-use svc_common::{PROTO_TCP, PROTO_UDP, ipv4_mapped};
+use svc_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ipv4_mapped};
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 
 /// The parts of a TCP/UDP packet the translator needs. Offsets are from the
@@ -41,6 +41,12 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 impl Flow {
+    /// ICMP in IPv4, ICMPv6 in IPv6 (whose errors `icmp` translates).
+    #[inline(always)]
+    pub fn is_icmp(&self) -> bool {
+        self.proto == if self.is_v6 { PROTO_ICMPV6 } else { PROTO_ICMP }
+    }
+
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
@@ -65,9 +71,11 @@ impl Flow {
     }
 }
 
-/// No header we touch starts further in than this (Ethernet, a VLAN tag,
-/// IPv4 with 40 bytes of options, then the TCP checksum).
-const MAX_HEADER_OFFSET: usize = 128;
+/// No header we touch starts further in than this: the TCP checksum of a
+/// packet an ICMP error quotes, behind Ethernet, a VLAN tag, IPv4 with 40
+/// bytes of options, ICMP and the quoted IPv4 header with options
+/// (14 + 4 + 60 + 8 + 60 + 16 = 162).
+const MAX_HEADER_OFFSET: usize = 192;
 
 /// A pointer to a `T` at `off`, if the whole `T` lies before `end`. This is
 /// the bounds check the verifier wants to see before every access; the
@@ -99,7 +107,9 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
-/// Parses the packet in `[data, end)`. A subprogram of its own (see
+/// Parses the packet in `[data, end)`: a TCP or UDP packet, or an ICMP
+/// (ICMPv6) message whose first 8 bytes are there (ports and flags then
+/// stay 0; `icmp` looks further). A subprogram of its own (see
 /// `lb::decide`), so its temporaries never add to the callers' frames.
 #[inline(never)]
 pub fn parse(data: usize, end: usize) -> Option<Flow> {
@@ -113,66 +123,106 @@ pub fn parse(data: usize, end: usize) -> Option<Flow> {
         ether_type = be16(read(data, end, ETH_LEN + VLAN_LEN - 2)?);
         l3_off += VLAN_LEN;
     }
-
-    let (is_v6, proto, src, dst, l4_off, l4_len) = match ether_type {
-        ETH_P_IP => {
-            let ip: *const Ipv4Hdr = ptr_at(data, end, l3_off)?;
-            // SAFETY: ptr_at checked the bounds; Ipv4Hdr is all bytes (align 1).
-            let ip = unsafe { &*ip };
-            let ihl = usize::from(ip.vihl & 0x0f) * 4;
-            // More-fragments set or a non-zero offset: not ours to touch.
-            let frag = be16(ip.frags) & 0x3fff;
-            if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || frag != 0 {
-                return None;
-            }
-            let l4_len = be16(ip.tot_len).checked_sub(ihl as u16)?;
-            (
-                false,
-                ip.proto,
-                ipv4_mapped(ip.src_addr),
-                ipv4_mapped(ip.dst_addr),
-                l3_off + ihl,
-                l4_len,
-            )
-        }
-        ETH_P_IPV6 => {
-            let ip: *const Ipv6Hdr = ptr_at(data, end, l3_off)?;
-            // SAFETY: as above; Ipv6Hdr is all bytes too.
-            let ip = unsafe { &*ip };
-            // Extension headers (fragments among them) are passed on.
-            (
-                true,
-                ip.next_hdr as u8,
-                ip.src_addr,
-                ip.dst_addr,
-                l3_off + Ipv6Hdr::LEN,
-                be16(ip.payload_len),
-            )
-        }
+    let is_v6 = match ether_type {
+        ETH_P_IP => false,
+        ETH_P_IPV6 => true,
         _ => return None,
     };
-
-    let l4_hdr_len = match proto {
+    let mut flow = ip_header(data, end, l3_off, is_v6)?;
+    let l4_hdr_len = match flow.proto {
         PROTO_TCP => TcpHdr::LEN,
         PROTO_UDP => UdpHdr::LEN,
+        PROTO_ICMP if !is_v6 => ICMP_HDR_LEN,
+        PROTO_ICMPV6 if is_v6 => ICMP_HDR_LEN,
         _ => return None,
     };
-    if usize::from(l4_len) < l4_hdr_len {
+    if usize::from(flow.l4_len) < l4_hdr_len {
         return None;
     }
     // The whole fixed L4 header must be present: it holds the checksum.
-    let present = match proto {
-        PROTO_TCP => ptr_at::<TcpHdr>(data, end, l4_off).is_some(),
-        _ => ptr_at::<UdpHdr>(data, end, l4_off).is_some(),
+    let present = match flow.proto {
+        PROTO_TCP => ptr_at::<TcpHdr>(data, end, flow.l4_off).is_some(),
+        PROTO_UDP => ptr_at::<UdpHdr>(data, end, flow.l4_off).is_some(),
+        _ => ptr_at::<[u8; ICMP_HDR_LEN]>(data, end, flow.l4_off).is_some(),
     };
     if !present {
         return None;
     }
-    let ports: [u8; 4] = read(data, end, l4_off)?;
-    let tcp_flags = if proto == PROTO_TCP {
-        read::<[u8; 1]>(data, end, l4_off + 13)?[0]
+    if flow.is_icmp() {
+        return Some(flow);
+    }
+    read_ports(data, end, &mut flow)?;
+    if flow.proto == PROTO_TCP {
+        flow.tcp_flags = read::<[u8; 1]>(data, end, flow.l4_off + 13)?[0];
+    }
+    Some(flow)
+}
+
+/// ICMP's and ICMPv6's fixed header: type, code, checksum, 4 more bytes.
+pub const ICMP_HDR_LEN: usize = 8;
+
+/// The TCP or UDP packet an ICMP error quotes, its IP header at `l3_off`:
+/// the header whole, then at least the first 8 bytes of L4 (all an error
+/// must quote; ports and UDP's checksum are in them). Fragments are left
+/// alone, as by `parse`. Fills `out` in place (it lives in a scratch map).
+/// A subprogram of its own, as `parse`.
+#[inline(never)]
+pub fn parse_quoted(data: usize, end: usize, l3_off: usize, is_v6: bool, out: &mut Flow) -> bool {
+    let Some(flow) = ip_header(data, end, l3_off, is_v6) else {
+        return false;
+    };
+    if flow.proto != PROTO_TCP && flow.proto != PROTO_UDP {
+        return false;
+    }
+    // Ports read through the pointer that was checked: a second pointer
+    // to the same bytes would be a new one to the verifier, unchecked.
+    let Some(l4) = ptr_at::<[u8; 8]>(data, end, flow.l4_off) else {
+        return false;
+    };
+    // SAFETY: ptr_at checked the bounds; a byte array has align 1.
+    let l4 = unsafe { l4.read_unaligned() };
+    *out = Flow {
+        src_port: u16::from_ne_bytes([l4[0], l4[1]]),
+        dst_port: u16::from_ne_bytes([l4[2], l4[3]]),
+        ..flow
+    };
+    true
+}
+
+/// The IP header at `l3_off`: the `Flow` up to its L4 offset and length
+/// (ports and flags 0). None for fragments, IPv4 headers that are not,
+/// and headers cut short.
+#[inline(always)]
+fn ip_header(data: usize, end: usize, l3_off: usize, is_v6: bool) -> Option<Flow> {
+    let (proto, src, dst, l4_off, l4_len) = if is_v6 {
+        let ip: *const Ipv6Hdr = ptr_at(data, end, l3_off)?;
+        // SAFETY: ptr_at checked the bounds; Ipv6Hdr is all bytes (align 1).
+        let ip = unsafe { &*ip };
+        // Extension headers (fragments among them) are passed on.
+        (
+            ip.next_hdr as u8,
+            ip.src_addr,
+            ip.dst_addr,
+            l3_off + Ipv6Hdr::LEN,
+            be16(ip.payload_len),
+        )
     } else {
-        0
+        let ip: *const Ipv4Hdr = ptr_at(data, end, l3_off)?;
+        // SAFETY: as above; Ipv4Hdr is all bytes too.
+        let ip = unsafe { &*ip };
+        let ihl = usize::from(ip.vihl & 0x0f) * 4;
+        // More-fragments set or a non-zero offset: not ours to touch.
+        let frag = be16(ip.frags) & 0x3fff;
+        if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || frag != 0 {
+            return None;
+        }
+        (
+            ip.proto,
+            ipv4_mapped(ip.src_addr),
+            ipv4_mapped(ip.dst_addr),
+            l3_off + ihl,
+            be16(ip.tot_len).checked_sub(ihl as u16)?,
+        )
     };
     Some(Flow {
         l3_off,
@@ -181,11 +231,26 @@ pub fn parse(data: usize, end: usize) -> Option<Flow> {
         proto,
         src,
         dst,
-        src_port: u16::from_ne_bytes([ports[0], ports[1]]),
-        dst_port: u16::from_ne_bytes([ports[2], ports[3]]),
+        src_port: 0,
+        dst_port: 0,
         l4_len,
-        tcp_flags,
+        tcp_flags: 0,
     })
+}
+
+/// Fills in the ports, the first 4 bytes of TCP and UDP alike.
+#[inline(always)]
+fn read_ports(data: usize, end: usize, flow: &mut Flow) -> Option<()> {
+    let ports: [u8; 4] = read(data, end, flow.l4_off)?;
+    flow.src_port = u16::from_ne_bytes([ports[0], ports[1]]);
+    flow.dst_port = u16::from_ne_bytes([ports[2], ports[3]]);
+    Some(())
+}
+
+/// The IPv4 address inside an IPv4-mapped one.
+#[inline(always)]
+pub fn v4_part(a: &[u8; 16]) -> [u8; 4] {
+    [a[12], a[13], a[14], a[15]]
 }
 
 /// Address bytes as four words in memory order: what the csum and FIB

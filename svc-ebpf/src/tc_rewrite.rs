@@ -7,29 +7,54 @@ use aya_ebpf::{
     helpers::bpf_csum_diff,
     programs::TcContext,
 };
-use svc_common::PROTO_UDP;
+use svc_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP};
 
 use crate::{
     lb::Rewrite,
-    packet::{self, Flow, words},
+    packet::{self, ETH_P_IP, ETH_P_IPV6, Flow, words},
 };
 
 /// Enough bytes for Ethernet, a VLAN tag, IPv4 with options and TCP.
 const HEADERS_MAX: u32 = 14 + 4 + 60 + 20;
 
+/// Enough bytes for an ICMP error up to the quoted TCP checksum (see
+/// `icmp`): Ethernet, a VLAN tag, IPv4 with options, ICMP, the quoted
+/// IPv4 header with options and 20 bytes of TCP.
+pub const QUOTE_HEADERS_MAX: u32 = 14 + 4 + 60 + 8 + 60 + 20;
+
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Option<Flow> {
-    // The headers may extend past the skb's linear part (some GSO or
-    // paged skbs): make sure they are all in it before parsing.
-    let want = if ctx.len() < HEADERS_MAX {
-        ctx.len()
-    } else {
-        HEADERS_MAX
-    };
+    pull(ctx, HEADERS_MAX)?;
+    packet::parse(ctx.data(), ctx.data_end())
+}
+
+/// Makes the first `max` bytes (or all, if fewer) linear and writable
+/// for direct access: headers may extend past the skb's linear part (some
+/// GSO or paged skbs). Invalidates packet pointers taken before.
+#[inline(always)]
+pub fn pull(ctx: &TcContext, max: u32) -> Option<()> {
+    let want = if ctx.len() < max { ctx.len() } else { max };
     if ((ctx.data_end() - ctx.data()) as u32) < want {
         ctx.pull_data(want).ok()?;
     }
-    packet::parse(ctx.data(), ctx.data_end())
+    Some(())
+}
+
+/// Whether the packet may be ICMP (ICMPv6), from the skb's protocol and
+/// one byte of the IP header: all the egress program looks at before
+/// letting every other packet go.
+#[inline(always)]
+pub fn maybe_icmp(ctx: &TcContext) -> bool {
+    const ETH_LEN: usize = 14;
+    let (data, end) = (ctx.data(), ctx.data_end());
+    // skb->protocol holds the EtherType in network byte order.
+    let (proto_off, icmp) = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => (ETH_LEN + 9, PROTO_ICMP),
+        ETH_P_IPV6 => (ETH_LEN + 6, PROTO_ICMPV6),
+        _ => return false,
+    };
+    // SAFETY: ptr_at checked the bounds.
+    packet::ptr_at::<u8>(data, end, proto_off).is_some_and(|p| unsafe { *p } == icmp)
 }
 
 // A BPF subprogram of its own: its locals get their own frame instead of

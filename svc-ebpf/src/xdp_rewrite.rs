@@ -21,7 +21,11 @@ use svc_common::{
 
 use aya_ebpf::programs::XdpContext;
 
-use crate::{lb::Rewrite, maps::VIRTUAL_UPLINKS, packet::Flow, packet::ptr_at};
+use crate::{
+    lb::Rewrite,
+    maps::VIRTUAL_UPLINKS,
+    packet::{Flow, ptr_at, v4_part},
+};
 
 // A BPF subprogram of its own: its locals get their own frame instead of
 // adding to the caller's (the whole chain must fit in 512 bytes).
@@ -126,10 +130,4 @@ fn holds_pseudo_header_sum(flow: &Flow, check: u16) -> bool {
         )
     };
     check == sum
-}
-
-/// The IPv4 address inside an IPv4-mapped one.
-#[inline(always)]
-fn v4_part(a: &[u8; 16]) -> [u8; 4] {
-    [a[12], a[13], a[14], a[15]]
 }

@@ -313,6 +313,132 @@ fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, l4_len: usize) -> Vec<u8> 
     p
 }
 
+/// The ICMP errors a router or host sends about a packet, in both
+/// families (`IcmpError`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpKind {
+    /// IPv4 destination unreachable, fragmentation needed; IPv6 packet too
+    /// big. Both carry the next hop's MTU.
+    TooBig { mtu: u16 },
+    /// Time exceeded in transit (TTL or hop limit ran out).
+    TimeExceeded,
+    /// Destination unreachable, port unreachable.
+    PortUnreachable,
+    /// Not an error: an echo request, whose data happens to look like a
+    /// quoted packet. The programs must leave it alone.
+    Echo,
+}
+
+impl IcmpKind {
+    pub const ALL: [IcmpKind; 3] = [
+        IcmpKind::TooBig { mtu: 1280 },
+        IcmpKind::TimeExceeded,
+        IcmpKind::PortUnreachable,
+    ];
+
+    /// Type, code and the 4 bytes after the checksum.
+    fn header(self, v6: bool) -> (u8, u8, [u8; 4]) {
+        match (self, v6) {
+            (IcmpKind::TooBig { mtu }, false) => {
+                let m = mtu.to_be_bytes();
+                (3, 4, [0, 0, m[0], m[1]])
+            }
+            (IcmpKind::TooBig { mtu }, true) => (2, 0, u32::from(mtu).to_be_bytes()),
+            (IcmpKind::TimeExceeded, false) => (11, 0, [0; 4]),
+            (IcmpKind::TimeExceeded, true) => (3, 0, [0; 4]),
+            (IcmpKind::PortUnreachable, false) => (3, 3, [0; 4]),
+            (IcmpKind::PortUnreachable, true) => (1, 4, [0; 4]),
+            (IcmpKind::Echo, false) => (8, 0, [0x12, 0x34, 0, 1]),
+            (IcmpKind::Echo, true) => (128, 0, [0x12, 0x34, 0, 1]),
+        }
+    }
+}
+
+/// An ICMP (ICMPv6) error from `src` to `dst` about the packet `about`,
+/// quoting its IP packet: all of it, or its first `quote` bytes. Built
+/// from scratch like `Spec`, checksums included.
+#[derive(Clone, Debug)]
+pub struct IcmpError {
+    pub kind: IcmpKind,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub about: Spec,
+    pub quote: Option<usize>,
+}
+
+impl IcmpError {
+    pub fn new(kind: IcmpKind, src: IpAddr, dst: IpAddr, about: Spec) -> Self {
+        Self {
+            kind,
+            src,
+            dst,
+            about,
+            quote: None,
+        }
+    }
+
+    /// The quoted length RFC 792 asks for at least: the IP header and 8
+    /// bytes of L4 (Linux quotes as much as fits in 576 or 1280 bytes).
+    pub fn minimal_quote(&self) -> usize {
+        let ip = if self.about.dst.is_ipv4() {
+            20 + self.about.ip_options.len()
+        } else {
+            40
+        };
+        ip + 8
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        assert!(self.about.vlan.is_none(), "quoting a tagged frame");
+        let offending = self.about.build();
+        let mut quoted = offending[14..].to_vec();
+        if let Some(n) = self.quote {
+            quoted.truncate(n);
+        }
+        let v6 = self.src.is_ipv6();
+        let (ty, code, rest) = self.kind.header(v6);
+        let mut icmp = vec![ty, code, 0, 0];
+        icmp.extend_from_slice(&rest);
+        icmp.extend_from_slice(&quoted);
+
+        let mut pkt = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+        match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let c = checksum(&icmp);
+                icmp[2..4].copy_from_slice(&c.to_be_bytes());
+                pkt.extend_from_slice(&0x0800u16.to_be_bytes());
+                // Linux sends errors with TOS 0xc0 (internetwork control).
+                let mut ip = vec![0x45, 0xc0];
+                ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+                ip.extend_from_slice(&[0x56, 0x78, 0, 0, 64, 1, 0, 0]);
+                ip.extend_from_slice(&s.octets());
+                ip.extend_from_slice(&d.octets());
+                let c = checksum(&ip);
+                ip[10..12].copy_from_slice(&c.to_be_bytes());
+                pkt.extend_from_slice(&ip);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let mut pseudo = Vec::new();
+                pseudo.extend_from_slice(&s.octets());
+                pseudo.extend_from_slice(&d.octets());
+                pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+                pseudo.extend_from_slice(&[0, 0, 0, 58]);
+                let c = !fold(sum(&pseudo) + sum(&icmp));
+                icmp[2..4].copy_from_slice(&c.to_be_bytes());
+                pkt.extend_from_slice(&0x86ddu16.to_be_bytes());
+                pkt.extend_from_slice(&[0x60, 0, 0, 0]);
+                pkt.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+                pkt.extend_from_slice(&[58, 64]);
+                pkt.extend_from_slice(&s.octets());
+                pkt.extend_from_slice(&d.octets());
+            }
+            _ => panic!("mixed address families"),
+        }
+        pkt.extend_from_slice(&icmp);
+        pkt
+    }
+}
+
 /// Big-endian one's-complement sum of `bytes`, unfolded.
 fn sum(bytes: &[u8]) -> u32 {
     bytes
@@ -386,6 +512,45 @@ mod tests {
         assert_eq!(&icmp[62..], &udp.build()[14..62], "quotes the request");
         let icmp4 = Spec::udp("10.0.0.1:5353", "10.96.0.10:53").port_unreachable();
         assert_eq!(fold(sum(&icmp4[34..])), 0xffff);
+    }
+
+    #[test]
+    fn icmp_error_checksums_verify_to_zero() {
+        for (src, dst, about) in [
+            (
+                "192.0.2.254",
+                "10.0.0.1",
+                Spec::udp("10.0.0.1:1234", "10.96.0.10:80"),
+            ),
+            (
+                "2001:db8::fe",
+                "fd00::1",
+                Spec::tcp("[fd00::1]:1234", "[fd00::2]:80"),
+            ),
+        ] {
+            let src: IpAddr = src.parse().unwrap();
+            let dst: IpAddr = dst.parse().unwrap();
+            for kind in IcmpKind::ALL {
+                let pkt = IcmpError::new(kind, src, dst, about.clone()).build();
+                let (ip, icmp) = if src.is_ipv4() {
+                    assert_eq!(fold(sum(&pkt[14..34])), 0xffff);
+                    (&pkt[14..34], &pkt[34..])
+                } else {
+                    (&pkt[14..54], &pkt[54..])
+                };
+                // The quote is the offending packet's IP packet, whole.
+                assert_eq!(&icmp[8..], &about.build()[14..]);
+                let pseudo = if src.is_ipv6() {
+                    let mut p = ip[8..40].to_vec();
+                    p.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+                    p.extend_from_slice(&[0, 0, 0, 58]);
+                    sum(&p)
+                } else {
+                    0
+                };
+                assert_eq!(fold(pseudo + sum(icmp)), 0xffff, "{kind:?} from {src}");
+            }
+        }
     }
 
     #[test]

@@ -12,11 +12,13 @@ use svc_agent::{dataplane::Dataplane, reconcile::Reconciler};
 
 use crate::static_services::{self, StaticService};
 
-/// The two attach points, whose programs must behave alike.
+/// The attach points. XDP and tc ingress translate service traffic and
+/// must behave alike (`HOOKS`); tc egress only translates ICMP errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     Xdp,
     Tc,
+    TcEgress,
 }
 
 pub const HOOKS: [Hook; 2] = [Hook::Xdp, Hook::Tc];
@@ -36,10 +38,10 @@ pub enum Action {
 impl Hook {
     fn action(self, code: u32) -> Action {
         match (self, code) {
-            (Hook::Xdp, 2) | (Hook::Tc, 0) => Action::Pass,
-            (Hook::Xdp, 1) | (Hook::Tc, 2) => Action::Drop,
+            (Hook::Xdp, 2) | (Hook::Tc | Hook::TcEgress, 0) => Action::Pass,
+            (Hook::Xdp, 1) | (Hook::Tc | Hook::TcEgress, 2) => Action::Drop,
             (Hook::Xdp, 3) => Action::Tx,
-            (Hook::Tc, 7) => Action::Redirect,
+            (Hook::Tc | Hook::TcEgress, 7) => Action::Redirect,
             (_, c) => Action::Other(c),
         }
     }
@@ -106,6 +108,7 @@ impl Fixture {
         let r = match hook {
             Hook::Xdp => self.dp.xdp_program()?.test_run(opts),
             Hook::Tc => self.dp.tc_program()?.test_run(opts),
+            Hook::TcEgress => self.dp.tc_egress_program()?.test_run(opts),
         }
         .context("BPF_PROG_TEST_RUN")?;
         out.truncate(r.data_size_out as usize);

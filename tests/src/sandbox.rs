@@ -43,7 +43,7 @@ pub struct Pod {
     pub ipv6: Ipv6Addr,
     /// The node side of the pod's veth (where the tc program goes).
     pub node_veth: String,
-    server: Option<Child>,
+    servers: Vec<Child>,
 }
 
 /// A namespace set up as a host: IPv6 duplicate address detection off (it
@@ -124,14 +124,28 @@ impl Sandbox {
     }
 
     /// Loads a dataplane (maps of its own, nothing pinned) and attaches it
-    /// as the agent would: XDP on the uplink, tcx on every pod veth.
+    /// as the agent would: XDP and tcx egress on the uplink, tcx ingress
+    /// and egress on every pod veth.
     pub fn attach_dataplane(&self) -> Result<svc_agent::dataplane::Dataplane> {
+        self.attach_dataplane_with(true)
+    }
+
+    /// Like `attach_dataplane`, with or without the egress program (which
+    /// only translates ICMP errors the node sends: its cost on everything
+    /// else is measured against `false`).
+    pub fn attach_dataplane_with(&self, egress: bool) -> Result<svc_agent::dataplane::Dataplane> {
         let veths: Vec<&str> = self.pods.iter().map(|p| p.node_veth.as_str()).collect();
         self.node.enter(|| {
             let mut dp = svc_agent::dataplane::Dataplane::load()?;
             dp.attach_xdp(UPLINK)?;
+            if egress {
+                dp.attach_tc_egress(UPLINK)?;
+            }
             for veth in &veths {
                 dp.attach_tc(veth)?;
+                if egress {
+                    dp.attach_tc_egress(veth)?;
+                }
             }
             Ok(dp)
         })
@@ -241,7 +255,7 @@ pub(crate) fn add_pod_to<'a>(
         ipv4,
         ipv6,
         node_veth: veth,
-        server: None,
+        servers: Vec::new(),
     });
     Ok(pods.last_mut().unwrap())
 }
@@ -255,21 +269,37 @@ impl Pod {
 
     /// Like `serve`, on several ports at once.
     pub fn serve_ports(&mut self, ports: &[u16]) -> Result<()> {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/pod_server.py");
+        let ports: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+        let mut args = vec![self.name.clone()];
+        args.extend(ports);
+        self.start("pod_server.py", &args)
+    }
+
+    /// Starts a bulk TCP server on `port` (`assets/bulk.py`: see
+    /// `bulk_transfer`); returns once it listens.
+    pub fn serve_bulk(&mut self, port: u16) -> Result<()> {
+        self.start("bulk.py", &["serve".to_string(), port.to_string()])
+    }
+
+    /// Runs `assets/<script>` in the pod until the pod goes; returns once
+    /// it printed "ready".
+    fn start(&mut self, script: &str, args: &[String]) -> Result<()> {
+        let path = format!("{}/assets/{script}", env!("CARGO_MANIFEST_DIR"));
         let mut child = self
             .ns
             .command("python3")
-            .args(["-u", script, &self.name])
-            .args(ports.iter().map(|p| p.to_string()))
+            .arg("-u")
+            .arg(path)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("starting the pod server")?;
+            .with_context(|| format!("starting {script}"))?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-        self.server = Some(child);
+        self.servers.push(child);
         if line.trim() != "ready" {
-            bail!("pod server for {} did not start: {line:?}", self.name);
+            bail!("{script} in {} did not start: {line:?}", self.name);
         }
         Ok(())
     }
@@ -277,11 +307,48 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        if let Some(mut child) = self.server.take() {
+        for mut child in self.servers.drain(..) {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+/// Which way `bulk_transfer` moves its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bulk {
+    /// From the server to the client.
+    Get,
+    /// From the client to the server.
+    Put,
+}
+
+/// Moves `bytes` over one TCP connection from inside `ns` to a
+/// `Pod::serve_bulk` server at `addr:port`; returns how many arrived.
+/// Fails if the transfer stalls for 15 seconds.
+pub fn bulk_transfer(
+    ns: &NetNs,
+    way: Bulk,
+    addr: std::net::IpAddr,
+    port: u16,
+    bytes: u64,
+) -> Result<u64> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/bulk.py");
+    let verb = match way {
+        Bulk::Get => "get",
+        Bulk::Put => "put",
+    };
+    let out = sh(ns.command("python3").args([
+        script,
+        verb,
+        &addr.to_string(),
+        &port.to_string(),
+        &bytes.to_string(),
+    ]))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .with_context(|| format!("bulk {verb}: unexpected output {text:?}"))
 }
 
 /// `http://addr:port/`, with IPv6 literals bracketed.

@@ -2,6 +2,7 @@
 //! manifests, the agent process in the node namespace, real clients.
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
+use aya::programs::TcAttachType;
 use tests::{
     cluster::Cluster,
     load::{Load, assert_no_failures},
@@ -295,6 +296,16 @@ fn agent_restart_under_traffic_fails_no_request_and_cleanup_removes_everything()
         );
     }
 
+    // tcx ingress on pod veths, tcx egress (ICMP errors the node sends)
+    // on pod veths and the uplink.
+    for (iface, kind) in [
+        (c"vpod21", TcAttachType::Ingress),
+        (c"vpod21", TcAttachType::Egress),
+        (c"up0", TcAttachType::Egress),
+    ] {
+        assert_eq!(tcx_programs(&c, iface, kind), Some(1), "{iface:?} {kind:?}");
+    }
+
     // Cleanup detaches everything and removes the pins.
     c.stop_agent().unwrap();
     let bin = tests::cluster::agent_binary().unwrap();
@@ -316,20 +327,26 @@ fn agent_restart_under_traffic_fails_no_request_and_cleanup_removes_everything()
     // moment, then nothing may be attached or translated any more.
     c.wait_for("the programs to detach", Duration::from_secs(5), || {
         let links = c.sb.node.run(&["ip", "link", "show"]).unwrap_or_default();
-        let tcx = c.sb.node.enter(|| {
-            let (_, programs) = aya::programs::SchedClassifier::query_tcx(
-                c"vpod21",
-                aya::programs::TcAttachType::Ingress,
-            )?;
-            Ok(programs.len())
-        });
-        !links.contains("xdp") && tcx.is_ok_and(|n| n == 0)
+        !links.contains("xdp")
+            && tcx_programs(&c, c"vpod21", TcAttachType::Ingress) == Some(0)
+            && tcx_programs(&c, c"vpod21", TcAttachType::Egress) == Some(0)
+            && tcx_programs(&c, c"up0", TcAttachType::Egress) == Some(0)
     })
     .unwrap();
     assert!(
         http_get(&c.pod("client").ns, ip, 80).is_err(),
         "still DNATed after cleanup"
     );
+}
+
+/// How many programs are attached at tcx `kind` of the node's `iface`.
+fn tcx_programs(c: &Cluster, iface: &std::ffi::CStr, kind: TcAttachType) -> Option<usize> {
+    c.sb.node
+        .enter(|| {
+            let (_, programs) = aya::programs::SchedClassifier::query_tcx(iface, kind)?;
+            Ok(programs.len())
+        })
+        .ok()
 }
 
 #[test]

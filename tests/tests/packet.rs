@@ -1,11 +1,11 @@
-//! Packet-level tests: both programs under BPF_PROG_TEST_RUN on crafted
+//! Packet-level tests: the programs under BPF_PROG_TEST_RUN on crafted
 //! packets. Every expected packet is built from scratch (`Spec::build`, its
 //! own checksum code) and compared byte for byte with the program's output.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use svc_common::DropReason;
 use tests::{
-    packet::{Csum, FIN_ACK, Frag, PSH_ACK, SYN, Spec, TCP, UDP, diff},
+    packet::{Csum, FIN_ACK, Frag, IcmpError, IcmpKind, PSH_ACK, SYN, Spec, TCP, UDP, diff},
     progtest::{Action, Fixture, HOOKS, Hook, loopback},
 };
 
@@ -268,7 +268,7 @@ fn empty_fixture() -> Fixture {
 fn sent(hook: Hook) -> Action {
     match hook {
         Hook::Xdp => Action::Tx,
-        Hook::Tc => Action::Redirect,
+        Hook::Tc | Hook::TcEgress => Action::Redirect,
     }
 }
 
@@ -413,7 +413,7 @@ fn external_local_frontend_without_local_endpoints_drops_instead_of_refusing() {
                     affinity_timeout_s: 0,
                 };
                 let id = (id * 2 + k) as u32;
-                f.dp.set_service(&frontend(addr, proto), id, local, &[])
+                f.dp.set_service(&frontend(addr, proto), id, local, &[], None)
                     .unwrap();
                 let p = if proto == Protocol::Tcp { TCP } else { UDP };
                 packets.push(Spec {
@@ -443,6 +443,7 @@ fn external_local_frontend_without_local_endpoints_drops_instead_of_refusing() {
             0,
             refusing,
             &[],
+            None,
         )
         .unwrap();
         let (a, out) = f.run(hook, &spec.build());
@@ -932,5 +933,242 @@ fn a_fin_or_rst_marks_its_direction_closing_and_a_syn_reopens_it() {
         reply.tcp_flags = SYN | 0x10;
         f.run(hook, &reply.build());
         assert_eq!(closing(&f), [(CT_FORWARD, false), (CT_REPLY, false)]);
+    }
+}
+
+// ICMP errors about translated flows: each quotes the packet it is about
+// as the link that raised it saw it (translated), and must reach that
+// packet's sender about the packet as it sent it.
+
+/// Some router on the way (or the node itself), for errors raised there.
+fn router(v6: bool) -> IpAddr {
+    if v6 { "2001:db8::fe" } else { "192.0.2.254" }
+        .parse()
+        .unwrap()
+}
+
+/// The hooks an error may be seen at: from outside (XDP), from a pod (tc
+/// ingress), from the node itself (tc egress).
+const ICMP_HOOKS: [Hook; 3] = [Hook::Xdp, Hook::Tc, Hook::TcEgress];
+
+/// Runs `err` through `hook`; asserts it leaves as `want`, byte for byte.
+/// Only tc egress routes an error again when its destination changed
+/// (a redirect, or a drop where the test's namespace has no route), so
+/// there the verdict is `readdressed`'s to say.
+fn assert_icmp(f: &mut Fixture, hook: Hook, err: &IcmpError, want: &IcmpError, readdressed: bool) {
+    let (a, out) = f.run(hook, &err.build());
+    let want_pkt = want.build();
+    assert!(
+        out == want_pkt,
+        "{hook:?} {:?} {} -> {} about {:?} (quote {:?}): {}",
+        err.kind,
+        err.src,
+        err.dst,
+        err.about,
+        err.quote,
+        diff(&out, &want_pkt)
+    );
+    if hook == Hook::TcEgress && readdressed {
+        assert_ne!(a, Action::Pass, "{hook:?}: readdressed but not rerouted");
+    } else {
+        assert_eq!(a, Action::Pass, "{hook:?} {err:?}");
+    }
+}
+
+/// `err` quoting the whole packet (as Linux does), and only the IP header
+/// and 8 bytes (all RFC 792 asks for; TCP's checksum is not in them).
+fn both_quotes(err: IcmpError) -> [IcmpError; 2] {
+    let minimal = err.minimal_quote();
+    [
+        err.clone(),
+        IcmpError {
+            quote: Some(minimal),
+            ..err
+        },
+    ]
+}
+
+#[test]
+fn errors_about_forward_packets_reach_the_client_about_what_it_sent() {
+    for hook in ICMP_HOOKS {
+        let mut f = fixture();
+        for spec in client_packets() {
+            let (a, out) = f.run(Hook::Tc, &spec.build());
+            let backend = assert_dnat(Hook::Tc, &spec, a, &out);
+            let v6 = spec.dst.is_ipv6();
+            // Raised on the way (a router, the node forwarding into a
+            // smaller MTU), or by the backend itself, which then appears
+            // as the frontend.
+            for (raiser, appears_as) in [(router(v6), router(v6)), (backend.ip(), spec.dst.ip())] {
+                for kind in IcmpKind::ALL {
+                    let about = spec.with_dst(backend);
+                    for err in both_quotes(IcmpError::new(kind, raiser, spec.src.ip(), about)) {
+                        let want = IcmpError {
+                            src: appears_as,
+                            about: spec.clone(),
+                            ..err.clone()
+                        };
+                        assert_icmp(&mut f, hook, &err, &want, false);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn errors_about_replies_reach_the_backend_about_what_it_sent() {
+    for hook in ICMP_HOOKS {
+        let mut f = fixture();
+        for spec in client_packets() {
+            let (a, out) = f.run(Hook::Tc, &spec.build());
+            let backend = assert_dnat(Hook::Tc, &spec, a, &out);
+            let sent = spec.with_dst(backend).reply();
+            let v6 = spec.dst.is_ipv6();
+            // The reply came from the frontend: the error goes there, and
+            // must go to the backend instead.
+            for raiser in [router(v6), spec.src.ip()] {
+                for kind in IcmpKind::ALL {
+                    let about = spec.reply();
+                    for err in both_quotes(IcmpError::new(kind, raiser, spec.dst.ip(), about)) {
+                        let want = IcmpError {
+                            dst: backend.ip(),
+                            about: sent.clone(),
+                            ..err.clone()
+                        };
+                        assert_icmp(&mut f, hook, &err, &want, true);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn errors_about_snatted_flows_are_translated_both_ways() {
+    let pool = 61000..=61015;
+    let mut f = remote_fixture(pool.clone());
+    for spec in remote_packets() {
+        let (a, out) = f.run(Hook::Xdp, &spec.build());
+        assert_eq!(a, Action::Pass);
+        let source = assert_snat(&spec, &out, pool.clone());
+        let backend = remote_backend(&spec);
+        let sent = spec.with_dst(backend).with_src(source);
+        let v6 = spec.dst.is_ipv6();
+        // Both arrive from outside (XDP); tc ingress runs the same code.
+        for hook in HOOKS {
+            for kind in IcmpKind::ALL {
+                // About the client's packet, on its way to the remote
+                // backend from the node's address: back to the client.
+                for (raiser, appears_as) in
+                    [(router(v6), router(v6)), (backend.ip(), spec.dst.ip())]
+                {
+                    let err = IcmpError::new(kind, raiser, source.ip(), sent.clone());
+                    for err in both_quotes(err) {
+                        let want = IcmpError {
+                            src: appears_as,
+                            dst: spec.src.ip(),
+                            about: spec.clone(),
+                            ..err.clone()
+                        };
+                        assert_icmp(&mut f, hook, &err, &want, false);
+                    }
+                }
+                // About a reply, raised by the client (or a router) and
+                // sent to the frontend: to the backend, about what it
+                // sent to the node, the client appearing as the node.
+                for (raiser, appears_as) in [(router(v6), router(v6)), (spec.src.ip(), source.ip())]
+                {
+                    let err = IcmpError::new(kind, raiser, spec.dst.ip(), spec.reply());
+                    for err in both_quotes(err) {
+                        let want = IcmpError {
+                            src: appears_as,
+                            dst: backend.ip(),
+                            about: sent.reply(),
+                            ..err.clone()
+                        };
+                        assert_icmp(&mut f, hook, &err, &want, true);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quoted_ipv4_options_and_udp_without_checksum_are_handled() {
+    for hook in ICMP_HOOKS {
+        let mut f = fixture();
+        let mut with_options = Spec::tcp(CLIENT4, VIP4);
+        with_options.ip_options = vec![1, 1, 0x88, 6, 0xab, 0xcd, 0xef, 0];
+        let no_checksum = Spec {
+            csum: Csum::Zero,
+            ..Spec::udp("192.0.2.3:40001", VIP4)
+        };
+        for spec in [with_options, no_checksum] {
+            let (a, out) = f.run(Hook::Tc, &spec.build());
+            let backend = assert_dnat(Hook::Tc, &spec, a, &out);
+            let about = spec.with_dst(backend);
+            let err = IcmpError::new(IcmpKind::ALL[0], router(false), spec.src.ip(), about);
+            for err in both_quotes(err) {
+                let want = IcmpError {
+                    about: spec.clone(),
+                    ..err.clone()
+                };
+                assert_icmp(&mut f, hook, &err, &want, false);
+            }
+        }
+    }
+}
+
+#[test]
+fn other_icmp_passes_unchanged() {
+    for hook in ICMP_HOOKS {
+        let mut f = fixture();
+        let mut packets = Vec::new();
+        for spec in client_packets() {
+            let (a, out) = f.run(Hook::Tc, &spec.build());
+            let backend = assert_dnat(Hook::Tc, &spec, a, &out);
+            let v6 = spec.dst.is_ipv6();
+            let about = spec.with_dst(backend);
+            let err = IcmpError::new(IcmpKind::ALL[0], router(v6), spec.src.ip(), about.clone());
+            // An echo request carrying the same bytes is no error.
+            packets.push(IcmpError {
+                kind: IcmpKind::Echo,
+                ..err.clone()
+            });
+            // A quote too short to hold the ports.
+            packets.push(IcmpError {
+                quote: Some(err.minimal_quote() - 6),
+                ..err.clone()
+            });
+            // About a flow nobody translated (another client port).
+            let mut stranger = about.clone();
+            stranger.src.set_port(stranger.src.port() + 1);
+            packets.push(IcmpError {
+                about: stranger,
+                ..err.clone()
+            });
+            // About a packet sent to the frontend untranslated.
+            packets.push(IcmpError {
+                about: spec.clone(),
+                ..err.clone()
+            });
+        }
+        // About a fragment (no ports in it to go by).
+        let fragment = Spec {
+            frag: Frag::V4Later,
+            ..Spec::udp(CLIENT4, BACKENDS4[0])
+        };
+        packets.push(IcmpError::new(
+            IcmpKind::TimeExceeded,
+            router(false),
+            fragment.src.ip(),
+            fragment,
+        ));
+        for err in packets {
+            let pkt = err.build();
+            assert_eq!(f.run(hook, &pkt), (Action::Pass, pkt), "{hook:?} {err:?}");
+        }
     }
 }

@@ -823,7 +823,8 @@ fn services_label(n: usize) -> String {
 // The older parts.
 
 /// iperf3 bulk TCP from a client pod: to a ClusterIP (programs
-/// attached) against pod to pod with nothing attached, and pod to pod
+/// attached, with and without the egress program, which only translates
+/// ICMP errors) against pod to pod with nothing attached, and pod to pod
 /// with the programs attached (their cost on non-service traffic).
 pub fn throughput(ctx: &mut Ctx) -> Result<()> {
     ctx.section("iperf3 bulk TCP through tcx (throughput)");
@@ -843,15 +844,23 @@ pub fn throughput(ctx: &mut Ctx) -> Result<()> {
     std::thread::sleep(Duration::from_millis(300));
 
     let (mut plain, mut via_vip, mut attached_direct) = (Vec::new(), Vec::new(), Vec::new());
+    let mut via_vip_no_egress = Vec::new();
     let result = (|| -> Result<()> {
         for _ in 0..IPERF_ROUNDS {
             plain.push(iperf_gbps(&sb, "10.244.1.21")?);
-            let mut dp = sb.attach_dataplane()?;
-            let spec = "10.96.0.10:5201/tcp=10.244.1.21:5201".parse()?;
-            crate::static_services::apply(&mut dp, &[spec])?;
-            via_vip.push(iperf_gbps(&sb, "10.96.0.10")?);
-            attached_direct.push(iperf_gbps(&sb, "10.244.1.21")?);
-            drop(dp); // detaches
+            for egress in [false, true] {
+                let mut dp = sb.attach_dataplane_with(egress)?;
+                let spec = "10.96.0.10:5201/tcp=10.244.1.21:5201".parse()?;
+                crate::static_services::apply(&mut dp, &[spec])?;
+                let gbps = iperf_gbps(&sb, "10.96.0.10")?;
+                if egress {
+                    via_vip.push(gbps);
+                    attached_direct.push(iperf_gbps(&sb, "10.244.1.21")?);
+                } else {
+                    via_vip_no_egress.push(gbps);
+                }
+                drop(dp); // detaches
+            }
         }
         Ok(())
     })();
@@ -863,6 +872,10 @@ pub fn throughput(ctx: &mut Ctx) -> Result<()> {
     for (name, v) in [
         ("pod -> pod, nothing attached", p),
         ("pod -> ClusterIP (tcx DNAT)", median(via_vip)),
+        (
+            "pod -> ClusterIP, no egress prog",
+            median(via_vip_no_egress),
+        ),
         ("pod -> pod, programs attached", median(attached_direct)),
     ] {
         ctx.line(format!("{name:<32} {v:>7.2} Gb/s  {:>5.2}x", v / p));

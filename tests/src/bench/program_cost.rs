@@ -2,7 +2,7 @@
 //! against empty programs of the same type (`BASELINE_OBJECT`).
 //!
 //! * `costs`: the hit path of both programs at one service (IPv4 and
-//!   IPv6) and the miss path.
+//!   IPv6) and the miss path; the egress program on non-ICMP traffic.
 //! * `program_cost`: four paths of both programs at 1, 1k, 10k and 100k
 //!   services: a new flow, an established flow, a miss, and a reply.
 use std::time::Duration;
@@ -90,6 +90,58 @@ pub fn costs(ctx: &mut Ctx) -> Result<()> {
         &["hook", "packet", "program ns", "empty ns", "ratio"],
         &rows,
     ));
+    egress_costs(ctx, &mut f, &mut base)
+}
+
+/// The egress program on what nearly all of its traffic is: anything but
+/// ICMP, which it lets go after one look at the IP protocol.
+fn egress_costs(ctx: &mut Ctx, f: &mut Fixture, base: &mut Ebpf) -> Result<()> {
+    ctx.line(String::new());
+    ctx.line(format!(
+        "tc egress (ICMP errors only) on other traffic: ns per packet (median of {RUNS} runs x {REPEAT} repeats)"
+    ));
+    let packets = [
+        (
+            "IPv4 TCP",
+            Spec::tcp("10.244.1.21:80", "192.0.2.2:40000").build(),
+        ),
+        (
+            "IPv6 TCP",
+            Spec::tcp("[fd00:244:1::21]:80", "[2001:db8::2]:40000").build(),
+        ),
+        (
+            "IPv4 UDP",
+            Spec::udp("10.244.1.21:53", "192.0.2.2:40000").build(),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, pkt) in &packets {
+        let mut prog = Vec::new();
+        let mut empty = Vec::new();
+        for _ in 0..RUNS {
+            prog.push(f.run_repeat(Hook::TcEgress, pkt, REPEAT)?.2.as_nanos() as f64);
+            empty.push(baseline_run(base, Hook::TcEgress, pkt, REPEAT)?.as_nanos() as f64);
+        }
+        let (p, e) = (median(prog), median(empty));
+        ctx.line(format!(
+            "{:<8} {:<14} {:>10.1} {:>10.1} {:>+8.1}",
+            "TcEgress",
+            name,
+            p,
+            e,
+            p - e
+        ));
+        rows.push(vec![
+            name.to_string(),
+            format!("{p:.1}"),
+            format!("{e:.1}"),
+            format!("{:+.1}", p - e),
+        ]);
+    }
+    ctx.report.markdown(&table(
+        &["packet (tc egress)", "program ns", "empty ns", "added ns"],
+        &rows,
+    ));
     Ok(())
 }
 
@@ -111,7 +163,7 @@ pub fn baseline_run(base: &mut Ebpf, hook: Hook, pkt: &[u8], repeat: u32) -> Res
             }
             p.test_run(opts)?
         }
-        Hook::Tc => {
+        Hook::Tc | Hook::TcEgress => {
             let p: &mut SchedClassifier = base
                 .program_mut("baseline_tc")
                 .context("baseline_tc")?
