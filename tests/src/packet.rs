@@ -263,14 +263,41 @@ impl Spec {
     /// A frame from this packet's destination back to its source carrying
     /// `l4` (of protocol `proto`), as a refusal is sent.
     fn answer(&self, proto: u8, l4: &[u8]) -> Vec<u8> {
-        let mut pkt = Vec::new();
-        pkt.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02]);
-        match (self.dst.ip(), self.src.ip()) {
+        let ip = IpFields {
+            src: self.dst.ip(),
+            dst: self.src.ip(),
+            proto,
+            tos: 0,
+            // No id, don't fragment.
+            id_frag: [0, 0, 0x40, 0],
+        };
+        ip.frame([0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02], l4)
+    }
+}
+
+/// The IP header fields a generated packet (a refusal, an ICMP error) is
+/// built with; TTL and hop limit are 64.
+struct IpFields {
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    /// IPv4 only: TOS, and the id and fragment words.
+    tos: u8,
+    id_frag: [u8; 4],
+}
+
+impl IpFields {
+    /// The Ethernet frame (destination and source MACs in `macs`) holding
+    /// this IP header and `l4`, the IPv4 header checksum computed.
+    fn frame(&self, macs: [u8; 12], l4: &[u8]) -> Vec<u8> {
+        let mut pkt = macs.to_vec();
+        match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 pkt.extend_from_slice(&0x0800u16.to_be_bytes());
-                let mut ip = vec![0x45, 0];
+                let mut ip = vec![0x45, self.tos];
                 ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-                ip.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
+                ip.extend_from_slice(&self.id_frag);
+                ip.extend_from_slice(&[64, self.proto, 0, 0]);
                 ip.extend_from_slice(&s.octets());
                 ip.extend_from_slice(&d.octets());
                 let c = checksum(&ip);
@@ -281,7 +308,7 @@ impl Spec {
                 pkt.extend_from_slice(&0x86ddu16.to_be_bytes());
                 pkt.extend_from_slice(&[0x60, 0, 0, 0]);
                 pkt.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-                pkt.extend_from_slice(&[proto, 64]);
+                pkt.extend_from_slice(&[self.proto, 64]);
                 pkt.extend_from_slice(&s.octets());
                 pkt.extend_from_slice(&d.octets());
             }
@@ -401,41 +428,23 @@ impl IcmpError {
         icmp.extend_from_slice(&rest);
         icmp.extend_from_slice(&quoted);
 
-        let mut pkt = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
-        match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let c = checksum(&icmp);
-                icmp[2..4].copy_from_slice(&c.to_be_bytes());
-                pkt.extend_from_slice(&0x0800u16.to_be_bytes());
-                // Linux sends errors with TOS 0xc0 (internetwork control).
-                let mut ip = vec![0x45, 0xc0];
-                ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
-                ip.extend_from_slice(&[0x56, 0x78, 0, 0, 64, 1, 0, 0]);
-                ip.extend_from_slice(&s.octets());
-                ip.extend_from_slice(&d.octets());
-                let c = checksum(&ip);
-                ip[10..12].copy_from_slice(&c.to_be_bytes());
-                pkt.extend_from_slice(&ip);
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                let mut pseudo = Vec::new();
-                pseudo.extend_from_slice(&s.octets());
-                pseudo.extend_from_slice(&d.octets());
-                pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
-                pseudo.extend_from_slice(&[0, 0, 0, 58]);
-                let c = !fold(sum(&pseudo) + sum(&icmp));
-                icmp[2..4].copy_from_slice(&c.to_be_bytes());
-                pkt.extend_from_slice(&0x86ddu16.to_be_bytes());
-                pkt.extend_from_slice(&[0x60, 0, 0, 0]);
-                pkt.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-                pkt.extend_from_slice(&[58, 64]);
-                pkt.extend_from_slice(&s.octets());
-                pkt.extend_from_slice(&d.octets());
-            }
-            _ => panic!("mixed address families"),
-        }
-        pkt.extend_from_slice(&icmp);
-        pkt
+        // ICMPv6's checksum covers a pseudo-header, ICMP's does not.
+        let (proto, pseudo) = if v6 {
+            (58, sum(&pseudo_header(self.src, self.dst, 58, icmp.len())))
+        } else {
+            (1, 0)
+        };
+        let c = !fold(pseudo + sum(&icmp));
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        let ip = IpFields {
+            src: self.src,
+            dst: self.dst,
+            proto,
+            // Linux sends errors with TOS 0xc0 (internetwork control).
+            tos: 0xc0,
+            id_frag: [0x56, 0x78, 0, 0],
+        };
+        ip.frame([0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01], &icmp)
     }
 }
 
