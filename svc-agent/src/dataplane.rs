@@ -620,11 +620,9 @@ impl Dataplane {
         let cgroup = std::fs::File::open(path)
             .with_context(|| format!("opening cgroup {}", path.display()))?;
         let config = SockLbConfig {
-            netns_cookie: if all_namespaces {
-                0
-            } else {
-                sock_lb::netns_cookie()?
-            },
+            node_netns_cookie: sock_lb::netns_cookie()?,
+            pods: u32::from(all_namespaces),
+            _pad: 0,
         };
         self.sock_lb_config.set(0, &config, 0)?;
         let mut links = Vec::new();

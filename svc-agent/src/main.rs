@@ -219,11 +219,13 @@ struct RunArgs {
     max_conntrack: u32,
     /// Whose sockets the hooks translate: the node's own network namespace
     /// (pods keep the per-packet tcx path), or every namespace (pods'
-    /// connections are translated once, at connect).
+    /// connections are translated once, at connect, which measured faster
+    /// than per packet: `cargo xtask bench datapath`; what a pod's socket
+    /// cannot decide, tcx still does).
     #[arg(
         long,
         value_enum,
-        default_value = "node",
+        default_value = "all",
         env = "SVC_AGENT_SOCKET_LB_SCOPE"
     )]
     socket_lb_scope: SocketLbScope,

@@ -546,9 +546,13 @@ pub struct NodePortTarget {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockLbConfig {
-    /// Only sockets of this network namespace (the node's, by
-    /// `SO_NETNS_COOKIE`) are translated; pods keep the tcx path. 0: all.
-    pub netns_cookie: u64,
+    /// The node's network namespace (its `SO_NETNS_COOKIE`): its sockets
+    /// are always translated.
+    pub node_netns_cookie: u64,
+    /// 1: sockets of other namespaces (pods') are translated too, where a
+    /// socket alone decides as the packet path would (see `sock.rs`).
+    pub pods: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
@@ -566,4 +570,4 @@ const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
 const _: () = assert!(core::mem::size_of::<SockRevValue>() == 24);
 const _: () = assert!(core::mem::size_of::<NodePortKey>() == 4);
 const _: () = assert!(core::mem::size_of::<NodePortTarget>() == 32);
-const _: () = assert!(core::mem::size_of::<SockLbConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<SockLbConfig>() == 16);

@@ -22,10 +22,17 @@
 //!   (the source of a UDP reply) and `getpeername4/6` show the frontend,
 //!   never the backend.
 //!
-//! Only sockets of the node's network namespace are translated
-//! (`SOCK_LB_CONFIG`): pods keep the tcx path. Connected UDP sockets whose
-//! backend goes away are the agent's business (it destroys them through
-//! `sock_diag`, so the application sees `ECONNABORTED` and reconnects).
+//! Sockets of the node's network namespace are translated; pods' too if
+//! the agent says so (`SOCK_LB_CONFIG`, `--socket-lb-scope all`), except
+//! where a pod's socket cannot decide as the tcx path would: frontends
+//! with affinity or source ranges (the pod's address, their key, is not
+//! known at connect; the node's is), connected UDP (pinned for the
+//! socket's life to a backend that may go, and the agent destroys such
+//! sockets only in its own namespace: per packet, tcx moves the flow
+//! itself), and loopback (a pod's own, not the node's). Those stay with
+//! tcx. Connected UDP sockets of the node whose backend goes away are the
+//! agent's business (it destroys them through `sock_diag`, so the
+//! application sees `ECONNABORTED` and reconnects).
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
@@ -55,22 +62,33 @@ const EPERM: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn svc_connect4(ctx: SockAddrContext) -> i32 {
-    forward(&ctx, false)
+    forward(&ctx, false, true)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn svc_connect6(ctx: SockAddrContext) -> i32 {
-    forward(&ctx, true)
+    forward(&ctx, true, true)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn svc_sendmsg4(ctx: SockAddrContext) -> i32 {
-    forward(&ctx, false)
+    forward(&ctx, false, false)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn svc_sendmsg6(ctx: SockAddrContext) -> i32 {
-    forward(&ctx, true)
+    forward(&ctx, true, false)
+}
+
+/// Whose socket a hook runs for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Not one the hooks translate.
+    Out,
+    /// The node's own network namespace.
+    Node,
+    /// Another one (a pod's), with `--socket-lb-scope all`.
+    Pod,
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -95,7 +113,7 @@ pub fn svc_getpeername6(ctx: SockAddrContext) -> i32 {
 
 /// `connect` and `sendmsg`: a frontend becomes a backend.
 #[inline(always)]
-fn forward(ctx: &SockAddrContext, v6: bool) -> i32 {
+fn forward(ctx: &SockAddrContext, v6: bool, connect: bool) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY (every ctx access): the kernel hands a valid bpf_sock_addr;
     // the verifier rewrites each field access into the real one.
@@ -104,13 +122,22 @@ fn forward(ctx: &SockAddrContext, v6: bool) -> i32 {
         return PROCEED;
     }
     let proto = proto as u8;
-    if !in_scope(ctx) {
+    let scope = scope(ctx);
+    if scope == Scope::Out {
         return PROCEED;
     }
     let (dst, port) = read_addr(sa, v6);
+    if scope == Scope::Pod && is_loopback(&dst) {
+        return PROCEED;
+    }
     let Some((frontend, svc)) = lookup_frontend(&dst, port, proto) else {
         return PROCEED;
     };
+    // What only the packet path gets right for a pod (see the top).
+    let per_packet = service_flags::AFFINITY | service_flags::SOURCE_RANGES;
+    if scope == Scope::Pod && (svc.flags & per_packet != 0 || (connect && proto == PROTO_UDP)) {
+        return PROCEED;
+    }
     if svc.backend_count == 0 {
         count_drop(DropReason::Rejected);
         return reject(ECONNREFUSED);
@@ -182,16 +209,22 @@ fn reverse(ctx: &SockAddrContext, v6: bool) -> i32 {
     PROCEED
 }
 
-/// Whether this socket is one the hooks translate: of the node's network
-/// namespace (or of any, until the agent has said which).
+/// Whose socket this is (a node's one until the agent has said which
+/// namespace is the node's).
 #[inline(always)]
-fn in_scope(ctx: &SockAddrContext) -> bool {
+fn scope(ctx: &SockAddrContext) -> Scope {
     let Some(cfg) = SOCK_LB_CONFIG.get(0) else {
-        return true;
+        return Scope::Node;
     };
-    let want = cfg.netns_cookie;
     // SAFETY: a helper on the program's own context.
-    want == 0 || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == want
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if cfg.node_netns_cookie == 0 || netns == cfg.node_netns_cookie {
+        Scope::Node
+    } else if cfg.pods != 0 {
+        Scope::Pod
+    } else {
+        Scope::Out
+    }
 }
 
 /// The frontend (slot 0) for a destination: itself, or for a loopback

@@ -656,3 +656,65 @@ fn the_socket_hooks_survive_an_agent_restart_and_cleanup_detaches_them() {
     assert_eq!(attached(&n), 0);
     assert_eq!(n.client("tcp", CLUSTER_IP, 80)["error"], "ENETUNREACH");
 }
+
+#[test]
+fn pod_sockets_are_translated_at_connect_where_that_decides_as_tcx_would() {
+    use svc_common::CT_FORWARD;
+    // The agent's default scope (`--socket-lb-scope all`): pods' sockets in
+    // the cgroup too.
+    let mut n = web_node("sock-pod");
+    n.sb.add_pod("client", 10).unwrap();
+    let run = |mode: &str, host: &str, port: u16| -> Value {
+        let port = port.to_string();
+        let pod = &n.sb.pod("client").ns;
+        let out = sh(&mut n
+            .cg
+            .command(pod, &["python3", "-c", CLIENT, mode, host, &port]))
+        .unwrap_or_else(|e| panic!("pod client {mode} {host}:{port}: {e:#}"));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // Flows tcx tracked to the ClusterIP's port `port`.
+    let tracked = |port: u16| {
+        let vip = svc_agent::dataplane::map_addr(CLUSTER_IP.parse().unwrap());
+        n.agent
+            .conntrack()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| {
+                k.direction == CT_FORWARD && k.dst_addr == vip && k.dst_port == port.to_be()
+            })
+            .count()
+    };
+    let both = set(&["web-21", "web-22"]);
+
+    // TCP: sent to a backend at connect, so tcx tracks nothing; the
+    // application still sees the service address.
+    for _ in 0..4 {
+        let r = run("tcp", CLUSTER_IP, 80);
+        assert!(both.contains(r["answer"].as_str().unwrap_or("")), "{r}");
+        assert_eq!(r["peer"], addr(CLUSTER_IP, 80), "{r}");
+    }
+    assert_eq!(tracked(80), 0, "TCP from the pod went through tcx");
+    // Unconnected UDP: each datagram sent to a backend; the reply shows
+    // the service address.
+    let r = run("udp", CLUSTER_IP, 53);
+    assert!(both.contains(r["answer"].as_str().unwrap_or("")), "{r}");
+    assert_eq!(r["from"], addr(CLUSTER_IP, 53), "{r}");
+    assert_eq!(tracked(53), 0);
+    // Connected UDP stays with tcx (which moves a flow whose backend goes;
+    // the agent cannot destroy sockets in a pod's namespace): answered
+    // once the agent has attached tcx to the new pod's veth.
+    assert!(
+        poll(Duration::from_secs(5), || {
+            run("udpc", CLUSTER_IP, 53)["answer"]
+                .as_str()
+                .is_some_and(|a| both.contains(a))
+        }),
+        "connected UDP from the pod unanswered:\n{}",
+        n.agent.log()
+    );
+    assert!(tracked(53) > 0, "connected UDP from the pod bypassed tcx");
+    // The pod's own loopback is not the node's: no NodePort there.
+    let r = run("tcp", "127.0.0.1", HTTP_NODE_PORT);
+    assert_eq!(r["error"], "ECONNREFUSED", "{r}");
+}
