@@ -12,8 +12,11 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use k8s_openapi::api::core::v1::Node as NodeObject;
-use serde_json::json;
+use k8s_openapi::api::{
+    core::v1::{Node as NodeObject, Service},
+    discovery::v1::EndpointSlice,
+};
+use serde_json::{Value, json};
 
 use crate::{
     apiserver_standin::ApiServerStandIn,
@@ -176,5 +179,83 @@ impl Drop for MultiNodeCluster {
         for agent in &mut self.agents {
             agent.teardown();
         }
+    }
+}
+
+/// The port the tests' web pods serve (HTTP over TCP, and UDP).
+pub const WEB_PORT: u16 = 8080;
+
+/// A dual-stack Service `name` (ClusterIPs 10.96.0.`n` and fd00:96::`n`):
+/// http 80 → `WEB_PORT` on `node_port`, dns 53/UDP → `WEB_PORT` on
+/// `node_port + 1`; a NodePort unless `spec` (merged in) says otherwise;
+/// `status` as given.
+pub fn web_service(name: &str, n: u8, node_port: u16, spec: Value, status: Value) -> Service {
+    let (v4, v6) = (format!("10.96.0.{n}"), format!("fd00:96::{n}"));
+    let mut svc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "type": "NodePort",
+            "clusterIP": v4, "clusterIPs": [v4, v6],
+            "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": WEB_PORT, "protocol": "TCP", "nodePort": node_port},
+                {"name": "dns", "port": 53, "targetPort": WEB_PORT, "protocol": "UDP", "nodePort": node_port + 1}
+            ]
+        },
+        "status": status
+    });
+    if let (Some(s), Some(extra)) = (svc["spec"].as_object_mut(), spec.as_object()) {
+        s.extend(extra.clone());
+    }
+    serde_json::from_value(svc).unwrap()
+}
+
+impl MultiNodeCluster {
+    /// A `web_service`'s slices, one per family, as the EndpointSlice
+    /// controller writes them: `pods` as (node index, pod number).
+    pub fn publish_slices(&self, service: &str, pods: &[(usize, u8)]) {
+        for (family, v4) in [("IPv4", true), ("IPv6", false)] {
+            let endpoints: Vec<Value> = pods
+                .iter()
+                .map(|(node, n)| {
+                    let addr = if v4 {
+                        format!("10.244.{}.{n}", node + 1)
+                    } else {
+                        format!("fd00:244:{}::{n}", node + 1)
+                    };
+                    json!({"addresses": [addr], "conditions": {"ready": true},
+                           "nodeName": format!("node-{}", node + 1)})
+                })
+                .collect();
+            let slice: EndpointSlice = serde_json::from_value(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{service}-{}", family.to_lowercase()), "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": service}},
+                "addressType": family,
+                "ports": [{"name": "http", "port": WEB_PORT, "protocol": "TCP"},
+                          {"name": "dns", "port": WEB_PORT, "protocol": "UDP"}],
+                "endpoints": endpoints
+            }))
+            .unwrap();
+            self.api().apply(&slice).unwrap();
+        }
+    }
+
+    /// Waits until the agents of `nodes` have `frontend`
+    /// ("addr:port/PROTO") with `n` backends.
+    pub fn wait_programmed(&self, nodes: &[usize], frontend: &str, n: usize) {
+        self.wait_for(
+            &format!("{frontend} with {n} backends on nodes {nodes:?}"),
+            Duration::from_secs(20),
+            || {
+                nodes.iter().all(|&i| {
+                    self.agent(i)
+                        .frontends()
+                        .is_ok_and(|f| f.get(frontend).is_some_and(|b| b.len() == n))
+                })
+            },
+        )
+        .unwrap();
     }
 }

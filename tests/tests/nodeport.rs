@@ -6,16 +6,15 @@
 //! prefixes announced to it, as a load balancer or BGP would).
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde_json::{Value, json};
 use tests::{
     fabric::{EXTERNAL_V4, EXTERNAL_V6},
-    multi_node::MultiNodeCluster,
+    multi_node::{MultiNodeCluster, web_service},
     netns::NetNs,
     sandbox::{self, http_get, http_get_path},
 };
 
-const PORT: u16 = 8080;
+const PORT: u16 = tests::multi_node::WEB_PORT;
 const NODE1_V4: &str = "192.0.2.1";
 const NODE1_V6: &str = "2001:db8::1";
 const NODE2_V4: &str = "192.0.2.2";
@@ -36,77 +35,6 @@ fn cluster(tag: &str, extra_args: &[&str]) -> MultiNodeCluster {
     c
 }
 
-/// A dual-stack Service: http 80 → 8080 on `node_port`, dns 53/UDP →
-/// 8080 on `node_port + 1`; `spec` and `status` merged in.
-fn service(name: &str, n: u8, node_port: u16, spec: Value, status: Value) -> Service {
-    let (v4, v6) = (format!("10.96.0.{n}"), format!("fd00:96::{n}"));
-    let mut svc = json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "type": "NodePort",
-            "clusterIP": v4, "clusterIPs": [v4, v6],
-            "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
-            "ports": [
-                {"name": "http", "port": 80, "targetPort": PORT, "protocol": "TCP", "nodePort": node_port},
-                {"name": "dns", "port": 53, "targetPort": PORT, "protocol": "UDP", "nodePort": node_port + 1}
-            ]
-        },
-        "status": status
-    });
-    if let (Some(s), Some(extra)) = (svc["spec"].as_object_mut(), spec.as_object()) {
-        s.extend(extra.clone());
-    }
-    serde_json::from_value(svc).unwrap()
-}
-
-/// The Service's slices, one per family, as the EndpointSlice controller
-/// writes them: `pods` as (node index, pod number).
-fn publish_slices(c: &MultiNodeCluster, service: &str, pods: &[(usize, u8)]) {
-    for (family, v4) in [("IPv4", true), ("IPv6", false)] {
-        let endpoints: Vec<Value> = pods
-            .iter()
-            .map(|(node, n)| {
-                let addr = if v4 {
-                    format!("10.244.{}.{n}", node + 1)
-                } else {
-                    format!("fd00:244:{}::{n}", node + 1)
-                };
-                json!({"addresses": [addr], "conditions": {"ready": true},
-                       "nodeName": format!("node-{}", node + 1)})
-            })
-            .collect();
-        let slice: EndpointSlice = serde_json::from_value(json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": format!("{service}-{}", family.to_lowercase()), "namespace": "default",
-                         "labels": {"kubernetes.io/service-name": service}},
-            "addressType": family,
-            "ports": [{"name": "http", "port": PORT, "protocol": "TCP"},
-                      {"name": "dns", "port": PORT, "protocol": "UDP"}],
-            "endpoints": endpoints
-        }))
-        .unwrap();
-        c.api().apply(&slice).unwrap();
-    }
-}
-
-/// Waits until both agents have `frontend` ("addr:port/PROTO") with `n`
-/// backends.
-fn wait_programmed(c: &MultiNodeCluster, frontend: &str, n: usize) {
-    c.wait_for(
-        &format!("{frontend} with {n} backends on both nodes"),
-        Duration::from_secs(20),
-        || {
-            (0..2).all(|i| {
-                c.agent(i)
-                    .frontends()
-                    .is_ok_and(|f| f.get(frontend).is_some_and(|b| b.len() == n))
-            })
-        },
-    )
-    .unwrap();
-}
-
 /// Who answers `tries` requests from outside; every request must succeed.
 fn answers(ns: &NetNs, addr: &str, port: u16, udp: bool, tries: usize) -> BTreeSet<String> {
     sandbox::answers(ns, ip(addr), port, udp, tries)
@@ -125,7 +53,7 @@ fn from_outside_every_way_in_reaches_backends_on_both_nodes(tag: &str, tx_checks
     if !tx_checksum {
         c.fabric.set_tx_checksum(false).unwrap();
     }
-    let svc = service(
+    let svc = web_service(
         "web",
         10,
         30080,
@@ -133,7 +61,7 @@ fn from_outside_every_way_in_reaches_backends_on_both_nodes(tag: &str, tx_checks
         json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}, {"ip": "2001:db8:ff::10"}]}}),
     );
     c.api().apply(&svc).unwrap();
-    publish_slices(&c, "web", &[(0, 21), (1, 22)]);
+    c.publish_slices("web", &[(0, 21), (1, 22)]);
     // The load balancer's IPs lead to node-1, the external IPs to node-2.
     for (prefix, node) in [
         ("203.0.113.10/32", 0),
@@ -143,7 +71,7 @@ fn from_outside_every_way_in_reaches_backends_on_both_nodes(tag: &str, tx_checks
     ] {
         c.fabric.route_to_node(prefix, node).unwrap();
     }
-    wait_programmed(&c, "203.0.113.20:80/TCP", 2);
+    c.wait_programmed(&[0, 1], "203.0.113.20:80/TCP", 2);
 
     let outside = &c.fabric.external;
     let both = set(&["web-a", "web-b"]);
@@ -190,7 +118,7 @@ fn from_outside_every_way_in_reaches_backends_on_both_nodes_with_tx_checksum_off
 #[test]
 fn external_traffic_policy_local_keeps_the_client_address_and_health_checks_tell_nodes_apart() {
     let c = cluster("np-local", &[]);
-    let svc = service(
+    let svc = web_service(
         "local",
         30,
         30090,
@@ -199,10 +127,10 @@ fn external_traffic_policy_local_keeps_the_client_address_and_health_checks_tell
     );
     c.api().apply(&svc).unwrap();
     // Its only endpoint runs on node-2, where the load balancer sends.
-    publish_slices(&c, "local", &[(1, 22)]);
+    c.publish_slices("local", &[(1, 22)]);
     c.fabric.route_to_node("203.0.113.30/32", 1).unwrap();
     c.fabric.route_to_node("2001:db8:ff::30/128", 1).unwrap();
-    wait_programmed(&c, "10.96.0.30:80/TCP", 1);
+    c.wait_programmed(&[0, 1], "10.96.0.30:80/TCP", 1);
 
     let outside = &c.fabric.external;
     for (lb, node2, client) in [
@@ -255,7 +183,7 @@ fn external_traffic_policy_local_keeps_the_client_address_and_health_checks_tell
 fn load_balancer_source_ranges_allow_and_deny() {
     let c = cluster("np-ranges", &[]);
     let with_ranges = |ranges: &[&str]| {
-        service(
+        web_service(
             "ranged",
             40,
             30100,
@@ -266,10 +194,10 @@ fn load_balancer_source_ranges_allow_and_deny() {
     c.api()
         .apply(&with_ranges(&["198.51.100.0/30", "2001:db8:1::/64"]))
         .unwrap();
-    publish_slices(&c, "ranged", &[(0, 21), (1, 22)]);
+    c.publish_slices("ranged", &[(0, 21), (1, 22)]);
     c.fabric.route_to_node("203.0.113.40/32", 0).unwrap();
     c.fabric.route_to_node("2001:db8:ff::40/128", 0).unwrap();
-    wait_programmed(&c, "203.0.113.40:80/TCP", 2);
+    c.wait_programmed(&[0, 1], "203.0.113.40:80/TCP", 2);
     let outside = &c.fabric.external;
     let both = set(&["web-a", "web-b"]);
     for lb in ["203.0.113.40", "2001:db8:ff::40"] {
@@ -313,10 +241,10 @@ fn snat_ports_are_reused_across_many_short_connections() {
         .ns
         .run(&["sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"])
         .unwrap();
-    let svc = service("remote", 50, 30110, json!({}), json!({}));
+    let svc = web_service("remote", 50, 30110, json!({}), json!({}));
     c.api().apply(&svc).unwrap();
-    publish_slices(&c, "remote", &[(1, 22)]);
-    wait_programmed(&c, "10.96.0.50:80/TCP", 1);
+    c.publish_slices("remote", &[(1, 22)]);
+    c.wait_programmed(&[0, 1], "10.96.0.50:80/TCP", 1);
     let outside = &c.fabric.external;
     for i in 0..40 {
         let r = http_get_path(outside, ip(NODE1_V4), 30110, "/client");
@@ -369,10 +297,10 @@ fn xdp_forwards_translated_packets_itself_where_allowed() {
     c.fabric
         .let_ports_take_xdp_frames(c.agent(0).dir())
         .unwrap();
-    let svc = service("remote", 60, 30120, json!({}), json!({}));
+    let svc = web_service("remote", 60, 30120, json!({}), json!({}));
     c.api().apply(&svc).unwrap();
-    publish_slices(&c, "remote", &[(1, 22)]);
-    wait_programmed(&c, "10.96.0.60:80/TCP", 1);
+    c.publish_slices("remote", &[(1, 22)]);
+    c.wait_programmed(&[0, 1], "10.96.0.60:80/TCP", 1);
     let outside = &c.fabric.external;
     // The first packets may find no neighbour entry yet and take the
     // stack (which resolves it); then XDP sends them on.

@@ -16,15 +16,15 @@
 //! the pod).
 use std::{net::IpAddr, time::Duration};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 use serde_json::json;
 use tests::{
-    multi_node::MultiNodeCluster,
+    multi_node::{MultiNodeCluster, web_service},
     netns::NetNs,
     sandbox::{UPLINK, curl_try, http_get, udp_ask, udp_connected},
 };
 
-const PORT: u16 = 8080;
+const PORT: u16 = tests::multi_node::WEB_PORT;
 /// Curl's exit codes: could not connect, timed out.
 const NOT_CONNECTED: i32 = 7;
 const TIMED_OUT: i32 = 28;
@@ -35,62 +35,18 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// A dual-stack LoadBalancer Service `name` (ClusterIPs 10.96.0.N and
-/// fd00:96::N): http 80/TCP on `node_port`, dns 53/UDP on `node_port + 1`,
-/// both to 8080; `spec` merged in.
+/// `web_service` as a LoadBalancer with ingress IPs `lb`; `spec` merged in.
 fn service(name: &str, n: u8, node_port: u16, spec: serde_json::Value, lb: &[&str]) -> Service {
-    let (v4, v6) = (format!("10.96.0.{n}"), format!("fd00:96::{n}"));
-    let mut svc = json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "type": "LoadBalancer",
-            "clusterIP": v4, "clusterIPs": [v4, v6],
-            "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
-            "ports": [
-                {"name": "http", "port": 80, "targetPort": PORT, "protocol": "TCP", "nodePort": node_port},
-                {"name": "dns", "port": 53, "targetPort": PORT, "protocol": "UDP", "nodePort": node_port + 1}
-            ]
-        },
-        "status": {"loadBalancer": {"ingress": lb.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>()}}
-    });
-    if let (Some(s), Some(extra)) = (svc["spec"].as_object_mut(), spec.as_object()) {
-        s.extend(extra.clone());
-    }
-    serde_json::from_value(svc).unwrap()
-}
-
-/// `service`'s EndpointSlices (both families) with web-b (pod 22 on
-/// node-2) as its endpoint.
-fn publish_web_b(c: &MultiNodeCluster, service: &str) {
-    for (family, addr) in [("IPv4", "10.244.2.22"), ("IPv6", "fd00:244:2::22")] {
-        let slice: EndpointSlice = serde_json::from_value(json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": format!("{service}-{}", family.to_lowercase()), "namespace": "default",
-                         "labels": {"kubernetes.io/service-name": service}},
-            "addressType": family,
-            "ports": [{"name": "http", "port": PORT, "protocol": "TCP"},
-                      {"name": "dns", "port": PORT, "protocol": "UDP"}],
-            "endpoints": [{"addresses": [addr], "conditions": {"ready": true}, "nodeName": "node-2"}]
-        }))
-        .unwrap();
-        c.api().apply(&slice).unwrap();
-    }
-}
-
-/// Waits until node-1's agent has `frontend` ("addr:port/PROTO") with `n`
-/// backends.
-fn wait_programmed(c: &MultiNodeCluster, frontend: &str, n: usize) {
-    c.wait_for(
-        &format!("{frontend} with {n} backends on node-1"),
-        Duration::from_secs(20),
-        || {
-            c.agent(0)
-                .frontends()
-                .is_ok_and(|f| f.get(frontend).is_some_and(|b| b.len() == n))
-        },
+    let mut spec = spec;
+    spec["type"] = json!("LoadBalancer");
+    let ingress: Vec<_> = lb.iter().map(|ip| json!({"ip": ip})).collect();
+    web_service(
+        name,
+        n,
+        node_port,
+        spec,
+        json!({"loadBalancer": {"ingress": ingress}}),
     )
-    .unwrap();
 }
 
 /// Asserts that `who` is refused at once at `addr`: TCP `tcp_port` with
@@ -157,9 +113,9 @@ fn scenario(tag: &str, offload: Offload) {
             &[],
         ))
         .unwrap();
-    publish_web_b(&c, "local");
-    wait_programmed(&c, "203.0.113.70:80/TCP", 0);
-    wait_programmed(&c, "10.96.0.71:80/TCP", 1);
+    c.publish_slices("local", &[(1, 22)]);
+    c.wait_programmed(&[0], "203.0.113.70:80/TCP", 0);
+    c.wait_programmed(&[0], "10.96.0.71:80/TCP", 1);
 
     let client = &c.pod("client").ns;
     let outside = &c.fabric.external;
@@ -199,8 +155,8 @@ fn scenario(tag: &str, offload: Offload) {
     assert!(rejected.ends_with(" 12"), "{rejected}");
 
     // An endpoint appears: the service answers, from inside and out.
-    publish_web_b(&c, "empty");
-    wait_programmed(&c, "203.0.113.70:80/TCP", 1);
+    c.publish_slices("empty", &[(1, 22)]);
+    c.wait_programmed(&[0], "203.0.113.70:80/TCP", 1);
     for (cluster_ip, node_ip, lb_ip) in families {
         for (who, ns, addr, tcp_port, udp_port) in ways_in(cluster_ip, node_ip, lb_ip) {
             let tcp = http_get(ns, ip(addr), tcp_port);
