@@ -317,6 +317,7 @@ impl Dataplane {
     pub fn load() -> Result<Self> {
         let mut dp = Self::load_with(&mut EbpfLoader::new(), Capacity::default())?;
         dp.set_load_balancing(LoadBalancing::default())?;
+        dp.set_ct_timeouts(CtTimeouts::default())?;
         Ok(dp)
     }
 
@@ -375,7 +376,6 @@ impl Dataplane {
             ebpf,
         }
         .with_node_ports_rebuilt()?
-        .with_ct_timeouts(CtTimeouts::default())?
         .with_load_balancing_read()
     }
 
@@ -388,12 +388,8 @@ impl Dataplane {
         Ok(self.conntrack.iter().collect::<Result<_, _>>()?)
     }
 
-    /// Sets how long conntrack entries live (see `CtTimeouts`).
-    pub fn with_ct_timeouts(mut self, timeouts: CtTimeouts) -> Result<Self> {
-        self.set_ct_timeouts(timeouts)?;
-        Ok(self)
-    }
-
+    /// Sets how long conntrack entries live (see `CtTimeouts`; all zero,
+    /// as a new pinned map starts, means never).
     pub fn set_ct_timeouts(&mut self, timeouts: CtTimeouts) -> Result<()> {
         self.ct_timeouts.set(0, &timeouts, 0)?;
         Ok(())

@@ -287,6 +287,8 @@ impl FlowKey {
     /// The key of the entry for the other direction of `entry`'s flow
     /// (`self` being `entry`'s key): each entry holds the tuple its packets
     /// are rewritten to, which is the other direction's tuple reversed.
+    /// Inlined: a BPF subprogram must not return a struct.
+    #[inline(always)]
     pub fn partner(&self, entry: &NatEntry) -> FlowKey {
         FlowKey {
             src_addr: entry.dst_addr,

@@ -272,16 +272,7 @@ pub fn snat(flow: &Flow, rw: &mut Rewrite) -> bool {
             Some(old) if expired(old, flow.proto, reply.last_seen_s) => {
                 // The old flow's forward entry would still send its client
                 // (should it reuse its port) to this port: it goes.
-                let old_forward = FlowKey {
-                    src_addr: old.dst_addr,
-                    dst_addr: old.src_addr,
-                    src_port: old.dst_port,
-                    dst_port: old.src_port,
-                    proto: flow.proto,
-                    direction: CT_FORWARD,
-                    _pad: [0; 2],
-                };
-                let _ = CONNTRACK.remove(&old_forward);
+                let _ = CONNTRACK.remove(&key.partner(old));
                 CONNTRACK.insert(&key, &reply, 0).is_ok()
             }
             Some(_) => false,
