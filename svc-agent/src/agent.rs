@@ -24,17 +24,18 @@ use crate::{
     api::{self, Snapshot},
     apiserver::{Cidr, ServiceNetwork},
     cluster::{self, ClusterSource},
-    dataplane::{Capacity, Dataplane, Pins, SockLbTarget, TcHook, XdpForwarding},
+    dataplane::{Capacity, Dataplane, Frontend, Pins, SockLbTarget, TcHook, XdpForwarding},
+    desired_state::DesiredState,
     health::Health,
     http_server::{self, HealthHandle, SharedHealth},
     maglev::LoadBalancing,
     manifest_source::ManifestSource,
     metrics::{self, Exposition, Histogram, Sample, single},
-    model::{self, Desired, Node, Problem, SliceIndex},
+    model::{self, Node, Problem, SliceIndex},
     netif,
-    reconcile::Reconciler,
+    reconcile::{Reconciler, Scope},
     service_health::{self, ServiceHealthServers},
-    view::{EventView, ServiceView},
+    view::EventView,
 };
 
 pub struct Config {
@@ -88,10 +89,12 @@ pub enum SourceConfig {
     },
 }
 
-/// What a source provides at a sync.
+/// What a source provides at a sync. The objects are shared (a
+/// reflector's store hands out the same `Arc` until an object changes),
+/// so reading them copies nothing.
 pub struct Inputs {
-    pub services: Vec<Service>,
-    pub slices: Vec<EndpointSlice>,
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
     /// This agent's Node, when the source knows it.
     pub node: Option<k8s_openapi::api::core::v1::Node>,
     /// Services (or parts) the source could not accept, with why.
@@ -200,7 +203,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut state = State {
         source,
         reconciler: Reconciler::adopt(backends, frontends),
-        desired: Desired::new(),
+        desired: DesiredState::new(),
+        whole_sync_due: true,
+        retry: BTreeSet::new(),
         events: BTreeMap::new(),
         last_problems: BTreeMap::new(),
         counters: Counters::default(),
@@ -296,7 +301,12 @@ struct State {
     source: Source,
     reconciler: Reconciler,
     /// The desired state of the last sync.
-    desired: Desired,
+    desired: DesiredState,
+    /// Whether the next sync looks at every frontend (the first one, and
+    /// after the maps were read back), not only at those that changed.
+    whole_sync_due: bool,
+    /// Frontends that could not be programmed, tried again at the next sync.
+    retry: BTreeSet<Frontend>,
     events: BTreeMap<String, Vec<EventView>>,
     /// Each Service's problems at the last sync, so a lasting problem is
     /// reported once, not at every sync.
@@ -331,11 +341,21 @@ impl State {
                 .and_then(|l| l.get(model::ZONE_LABEL))
                 .cloned(),
         };
-        let desired = model::desired(&inputs.services, &inputs.slices, &node);
+        let index = SliceIndex::new(&inputs.slices);
+        let mut changed = self.desired.update(&inputs.services, &index, &node).changed;
+        changed.append(&mut self.retry);
+        let scope = if self.whole_sync_due {
+            Scope::All
+        } else {
+            Scope::Only(&changed)
+        };
+        let desired = self.desired.desired();
         let mut problems = inputs.problems;
-        problems.extend(model::problems(&inputs.services));
-        let ok = match self.reconciler.apply(&desired, dp) {
+        problems.extend(self.desired.problems().cloned());
+        let ok = match self.reconciler.apply_to(desired, scope, dp) {
             Ok(c) => {
+                self.whole_sync_due = false;
+                self.retry = c.failed.iter().map(|(fe, _)| *fe).collect();
                 if c.frontends_set + c.frontends_removed + c.backends_added + c.backends_removed > 0
                 {
                     info!(
@@ -361,6 +381,7 @@ impl State {
             }
             Err(e) => {
                 warn!("programming the dataplane: {e:#}");
+                self.whole_sync_due = true;
                 false
             }
         };
@@ -380,15 +401,18 @@ impl State {
         } else {
             self.counters.reconcile_errors += 1;
         }
-        self.desired = desired;
         // healthCheckNodePorts: kube-proxy answers them with its own
         // liveness (not the Node's eligibility) and this node's endpoints.
         let proxy_healthy = self.health.lock().unwrap().health.is_healthy(now);
-        let checks =
-            service_health::health_check_ports(&inputs.services, &inputs.slices, &cfg.node_name);
+        let checks = service_health::health_check_ports(&inputs.services, &index, &cfg.node_name);
         self.health_checks.sync(checks, proxy_healthy).await;
         self.report(problems);
-        self.publish(&inputs.services, &inputs.slices, snapshot);
+        drop(index);
+        *snapshot.lock().unwrap() = Snapshot {
+            services: inputs.services,
+            slices: inputs.slices,
+            events: self.events.clone(),
+        };
         ok
     }
 
@@ -452,6 +476,7 @@ impl State {
                     warn!("{drift} map entries differ from what was programmed; repairing");
                     self.counters.drift_repairs += drift as u64;
                     self.reconciler = Reconciler::adopt(backends, frontends);
+                    self.whole_sync_due = true;
                 }
             }
             Err(e) => warn!("reading the maps back: {e:#}"),
@@ -499,31 +524,6 @@ impl State {
         self.last_problems = current;
     }
 
-    /// What the CLI's socket answers from.
-    fn publish(&self, services: &[Service], slices: &[EndpointSlice], snapshot: &Mutex<Snapshot>) {
-        let index = SliceIndex::new(slices);
-        let mut views: Vec<ServiceView> = services
-            .iter()
-            .map(|s| ServiceView {
-                service: s.clone(),
-                endpoints: model::port_endpoints(s, &index),
-                events: self.events.get(&key(s)).cloned().unwrap_or_default(),
-            })
-            .collect();
-        views.sort_by_cached_key(|v| key(&v.service));
-        let names: BTreeSet<String> = services.iter().map(key).collect();
-        let orphan_events = self
-            .events
-            .iter()
-            .filter(|(k, _)| !names.contains(*k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        *snapshot.lock().unwrap() = Snapshot {
-            services: views,
-            orphan_events,
-        };
-    }
-
     fn render_metrics(&self, dp: &Dataplane) -> String {
         let mut e = Exposition::default();
         let c = &self.counters;
@@ -564,7 +564,7 @@ impl State {
         let programmed = self.reconciler.frontends();
         let services: BTreeSet<(&str, &str)> = programmed
             .keys()
-            .filter_map(|fe| self.desired.get(fe))
+            .filter_map(|fe| self.desired.desired().get(fe))
             .map(|t| (t.service.namespace.as_str(), t.service.name.as_str()))
             .collect();
         e.gauge(
@@ -606,7 +606,10 @@ impl State {
         // Per-frontend traffic, from the per-CPU counters.
         let (mut packets, mut bytes) = (Vec::new(), Vec::new());
         for (fe, p) in programmed {
-            let (Some(t), Ok(s)) = (self.desired.get(fe), dp.service_stats(p.service_id)) else {
+            let (Some(t), Ok(s)) = (
+                self.desired.desired().get(fe),
+                dp.service_stats(p.service_id),
+            ) else {
                 continue;
             };
             for (direction, n_packets, n_bytes) in [

@@ -2,6 +2,7 @@
 //! running agent what it serves. One JSON request per connection, one JSON
 //! response back.
 use std::{
+    collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
     path::Path,
@@ -12,7 +13,13 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
-use crate::view::{EventView, ServiceView};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use crate::{
+    agent::key,
+    model::{self, SliceIndex},
+    view::{EventView, ServiceView},
+};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
@@ -37,43 +44,51 @@ pub enum Response {
     },
 }
 
-/// What the daemon publishes for the socket to answer from.
+/// What the daemon publishes for the socket to answer from: the inputs of
+/// its last sync, shared with it (publishing copies no object). The views
+/// are built when the CLI asks, not at every sync.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Admitted services, sorted by namespace and name.
-    pub services: Vec<ServiceView>,
-    /// Events of services that were never admitted, by "ns/name".
-    pub orphan_events: std::collections::BTreeMap<String, Vec<EventView>>,
+    /// Admitted services.
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+    /// Events by "ns/name", of admitted services and of never-admitted ones.
+    pub events: BTreeMap<String, Vec<EventView>>,
 }
 
 impl Snapshot {
     pub fn answer(&self, req: Request) -> Response {
+        let index = SliceIndex::new(&self.slices);
+        let view = |svc: &Arc<Service>| ServiceView {
+            service: (**svc).clone(),
+            endpoints: model::port_endpoints(svc, &index),
+            events: self.events.get(&key(svc)).cloned().unwrap_or_default(),
+        };
         match req {
-            Request::GetServices { namespace } => Response::Services(
-                self.services
+            Request::GetServices { namespace } => {
+                let mut views: Vec<ServiceView> = self
+                    .services
                     .iter()
-                    .filter(|v| namespace.is_none() || v.service.metadata.namespace == namespace)
-                    .cloned()
-                    .collect(),
-            ),
+                    .filter(|s| namespace.is_none() || s.metadata.namespace == namespace)
+                    .map(view)
+                    .collect();
+                views.sort_by_cached_key(|v| key(&v.service));
+                Response::Services(views)
+            }
             Request::DescribeService { namespace, name } => {
                 let view = self
                     .services
                     .iter()
-                    .find(|v| {
-                        v.service.metadata.namespace.as_deref() == Some(namespace.as_str())
-                            && v.service.metadata.name.as_deref() == Some(name.as_str())
+                    .find(|s| {
+                        s.metadata.namespace.as_deref() == Some(namespace.as_str())
+                            && s.metadata.name.as_deref() == Some(name.as_str())
                     })
+                    .map(|s| Box::new(view(s)));
+                let events = self
+                    .events
+                    .get(&format!("{namespace}/{name}"))
                     .cloned()
-                    .map(Box::new);
-                let events = match &view {
-                    Some(v) => v.events.clone(),
-                    None => self
-                        .orphan_events
-                        .get(&format!("{namespace}/{name}"))
-                        .cloned()
-                        .unwrap_or_default(),
-                };
+                    .unwrap_or_default();
                 Response::Service { view, events }
             }
         }

@@ -122,16 +122,14 @@ impl ClusterSource {
         self.ready.load(Ordering::Acquire)
     }
 
-    pub fn services(&self) -> Vec<Service> {
-        self.services
-            .state()
-            .iter()
-            .map(|s| (**s).clone())
-            .collect()
+    /// The stores' objects, shared with them (nothing is copied; an
+    /// object the store has not replaced is the same `Arc` as last time).
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        self.services.state()
     }
 
-    pub fn slices(&self) -> Vec<EndpointSlice> {
-        self.slices.state().iter().map(|s| (**s).clone()).collect()
+    pub fn slices(&self) -> Vec<Arc<EndpointSlice>> {
+        self.slices.state()
     }
 
     pub fn node(&self) -> Option<Node> {

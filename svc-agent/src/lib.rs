@@ -5,6 +5,7 @@ pub mod apiserver;
 pub mod cluster;
 pub mod conntrack;
 pub mod dataplane;
+pub mod desired_state;
 pub mod endpoints;
 pub mod health;
 pub mod http_server;

@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{Context as _, Result};
@@ -89,8 +90,8 @@ impl ManifestSource {
         let mut slices = endpoints::endpoint_slices(&admission.admitted, &objects.pods);
         slices.extend(objects.endpoint_slices);
         Inputs {
-            services: admission.admitted,
-            slices,
+            services: admission.admitted.into_iter().map(Arc::new).collect(),
+            slices: slices.into_iter().map(Arc::new).collect(),
             node: None,
             problems: admission
                 .rejections

@@ -11,8 +11,9 @@
 //! service port has no endpoint at all refuses new flows (REJECT); one
 //! that a `Local` traffic policy leaves without any here drops them.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -33,7 +34,7 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// What the node contributes: its name (which endpoints are local) and
 /// the addresses NodePorts answer on.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Node {
     /// Empty: unknown, and every endpoint counts as local.
     pub name: String,
@@ -87,14 +88,45 @@ pub fn is_proxied(svc: &Service) -> bool {
         && !headless
 }
 
-pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> Desired {
-    let index = SliceIndex::new(slices);
+/// A Service's namespace and name, the order in which Services claim a
+/// frontend that more than one of them names.
+pub fn service_key(svc: &Service) -> (&str, &str) {
+    (
+        svc.metadata.namespace.as_deref().unwrap_or_default(),
+        svc.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// The whole desired state, from scratch (`DesiredState` keeps the same
+/// up to date across syncs). A frontend that two Services name (a shared
+/// externalIP and port, say) goes to the first in `service_key` order.
+pub fn desired(services: &[Arc<Service>], index: &SliceIndex, node: &Node) -> Desired {
+    let mut sorted: Vec<&Arc<Service>> = services.iter().collect();
+    sorted.sort_by(|a, b| service_key(a).cmp(&service_key(b)));
     let mut out = Desired::new();
-    for svc in services.iter().filter(|s| is_proxied(s)) {
-        let Some(spec) = &svc.spec else { continue };
-        let namespace = svc.metadata.namespace.clone().unwrap_or_default();
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let own_slices = index.of(svc);
+    for svc in sorted {
+        for (fe, target) in frontends(svc, index.of(svc), node) {
+            out.entry(fe).or_insert(target);
+        }
+    }
+    out
+}
+
+/// One Service's frontends, each with its target, given the Service's own
+/// EndpointSlices. A frontend the Service names twice keeps the first.
+pub fn frontends(
+    svc: &Service,
+    own_slices: &[&Arc<EndpointSlice>],
+    node: &Node,
+) -> Vec<(Frontend, Target)> {
+    let mut out = Vec::new();
+    if !is_proxied(svc) {
+        return out;
+    }
+    let Some(spec) = &svc.spec else { return out };
+    let namespace = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    {
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
         let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
         let mut flags = 0;
@@ -183,13 +215,13 @@ pub fn desired(services: &[Service], slices: &[EndpointSlice], node: &Node) -> D
                         },
                         source_ranges: ranges,
                     };
-                    out.insert(
-                        Frontend {
-                            addr: SocketAddr::new(ip, port),
-                            proto,
-                        },
-                        target,
-                    );
+                    let fe = Frontend {
+                        addr: SocketAddr::new(ip, port),
+                        proto,
+                    };
+                    if !out.iter().any(|(f, _)| *f == fe) {
+                        out.push((fe, target));
+                    }
                 };
             for &ip in &ips.cluster {
                 add(ip, svc_port, false, 0, &[]);
@@ -309,9 +341,9 @@ pub struct Problem {
 /// What `desired` leaves out of proxied Services, and why: ports whose
 /// protocol the programs do not translate, and service IPs that do not
 /// parse (the API server validates them, a manifest may not).
-pub fn problems(services: &[Service]) -> Vec<Problem> {
+pub fn problems(svc: &Service) -> Vec<Problem> {
     let mut out = Vec::new();
-    for svc in services.iter().filter(|s| is_proxied(s)) {
+    if is_proxied(svc) {
         let problem = |reason: &str, message: String| Problem {
             namespace: svc.metadata.namespace.clone().unwrap_or_default(),
             name: svc.metadata.name.clone().unwrap_or_default(),
@@ -359,14 +391,16 @@ pub fn problems(services: &[Service]) -> Vec<Problem> {
 /// the `kubernetes.io/service-name` label), so each Service finds its own
 /// without scanning every slice.
 pub struct SliceIndex<'a> {
-    /// Namespace, then Service name (nested, so a lookup borrows the
-    /// Service's strings instead of allocating a key).
-    by_service: BTreeMap<String, BTreeMap<String, Vec<&'a EndpointSlice>>>,
+    /// By namespace, then Service name, borrowed from the slices (building
+    /// the index copies no string, and a lookup borrows the Service's);
+    /// each Service's slices sorted by name, so the same slices always
+    /// come in the same order.
+    by_service: HashMap<&'a str, HashMap<&'a str, Vec<&'a Arc<EndpointSlice>>>>,
 }
 
 impl<'a> SliceIndex<'a> {
-    pub fn new(slices: &'a [EndpointSlice]) -> Self {
-        let mut by_service: BTreeMap<String, BTreeMap<String, Vec<_>>> = BTreeMap::new();
+    pub fn new(slices: &'a [Arc<EndpointSlice>]) -> Self {
+        let mut by_service: HashMap<&str, HashMap<&str, Vec<&Arc<EndpointSlice>>>> = HashMap::new();
         for slice in slices {
             let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
             let service = slice
@@ -376,18 +410,22 @@ impl<'a> SliceIndex<'a> {
                 .and_then(|l| l.get(SERVICE_NAME_LABEL));
             if let Some(service) = service.filter(|s| !s.is_empty()) {
                 by_service
-                    .entry(namespace.to_string())
+                    .entry(namespace)
                     .or_default()
-                    .entry(service.clone())
+                    .entry(service.as_str())
                     .or_default()
                     .push(slice);
             }
+        }
+        let groups = by_service.values_mut().flat_map(|s| s.values_mut());
+        for own in groups.filter(|v| v.len() > 1) {
+            own.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         }
         Self { by_service }
     }
 
     /// The slices labelled as the Service's, in its namespace.
-    pub fn of(&self, svc: &Service) -> &[&'a EndpointSlice] {
+    pub fn of(&self, svc: &Service) -> &[&'a Arc<EndpointSlice>] {
         let namespace = svc.metadata.namespace.as_deref().unwrap_or("default");
         let name = svc.metadata.name.as_deref().unwrap_or("");
         self.by_service
@@ -420,7 +458,7 @@ struct Found {
 /// Pod's), ports without a number are ignored, and an address listed
 /// twice (a Pod moving between slices) keeps its non-terminating entry.
 fn endpoints(
-    slices: &[&EndpointSlice],
+    slices: &[&Arc<EndpointSlice>],
     port_name: &str,
     proto: Protocol,
     address_type: &str,
@@ -594,6 +632,16 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn arcs<T: Clone>(v: &[T]) -> Vec<Arc<T>> {
+        v.iter().cloned().map(Arc::new).collect()
+    }
+
+    /// `desired` of plain objects.
+    fn desired_of(services: &[Service], slices: &[EndpointSlice], node: &Node) -> Desired {
+        let slices = arcs(slices);
+        desired(&arcs(services), &SliceIndex::new(&slices), node)
+    }
+
     fn svc(v: serde_json::Value) -> Service {
         serde_json::from_value(v).unwrap()
     }
@@ -657,7 +705,7 @@ mod tests {
             ips: vec!["192.0.2.1".parse().unwrap()],
             zone: None,
         };
-        let d = desired(&[web()], &web_slices(), &node);
+        let d = desired_of(&[web()], &web_slices(), &node);
         let keys: Vec<String> = d
             .keys()
             .map(|f| format!("{}/{:?}", f.addr, f.proto))
@@ -705,7 +753,7 @@ mod tests {
                 ep.conditions = Some(serde_json::from_value(json!({"ready": false})).unwrap());
             }
         }
-        let d = desired(&[web()], &slices, &Node::default());
+        let d = desired_of(&[web()], &slices, &Node::default());
         assert_eq!(
             addrs(&d[&fe("10.96.0.10:80", Protocol::Tcp)].backends),
             vec!["10.244.1.22:8080".parse::<SocketAddr>().unwrap()]
@@ -727,7 +775,7 @@ mod tests {
         labelled_headless.metadata.labels =
             Some([(HEADLESS_LABEL.to_string(), "".to_string())].into());
         for s in [headless, external, other_proxy, labelled_headless] {
-            assert!(desired(&[s], &web_slices(), &Node::default()).is_empty());
+            assert!(desired_of(&[s], &web_slices(), &Node::default()).is_empty());
         }
     }
 
@@ -739,7 +787,7 @@ mod tests {
                      "externalTrafficPolicy": "Local", "ports": [{"name": "http", "port": 80}]},
             "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}, {"hostname": "lb.example.com"}]}}
         }));
-        let d = desired(&[s], &web_slices(), &Node::default());
+        let d = desired_of(&[s], &web_slices(), &Node::default());
         let addrs: Vec<String> = d.keys().map(|f| f.addr.to_string()).collect();
         assert_eq!(
             addrs,
@@ -776,7 +824,7 @@ mod tests {
             ips: vec!["192.0.2.1".parse().unwrap()],
             zone: None,
         };
-        let d = desired(std::slice::from_ref(&s), &slices, &node);
+        let d = desired_of(std::slice::from_ref(&s), &slices, &node);
         let backends = |f: &str| -> Vec<(String, bool)> {
             d[&fe(f, Protocol::Tcp)]
                 .backends
@@ -815,13 +863,13 @@ mod tests {
             name: "node-3".into(),
             ..node.clone()
         };
-        let d = desired(std::slice::from_ref(&s), &slices, &node3);
+        let d = desired_of(std::slice::from_ref(&s), &slices, &node3);
         assert!(d[&fe("203.0.113.9:80", Protocol::Tcp)].backends.is_empty());
         let mut only_terminating = slices.clone();
         only_terminating[0]
             .endpoints
             .retain(|e| e.addresses[0] == "10.244.1.22");
-        let d = desired(&[s], &only_terminating, &node);
+        let d = desired_of(&[s], &only_terminating, &node);
         assert_eq!(
             addrs(&d[&fe("203.0.113.9:80", Protocol::Tcp)].backends),
             vec!["10.244.1.22:8080".parse::<SocketAddr>().unwrap()]
@@ -859,7 +907,7 @@ mod tests {
         };
         // Which frontends refuse, which drop (no backends, no flag), which serve.
         let outcome = |s: &Service, slices: &[EndpointSlice]| -> Vec<(String, &'static str)> {
-            desired(std::slice::from_ref(s), slices, &node)
+            desired_of(std::slice::from_ref(s), slices, &node)
                 .iter()
                 .map(|(fe, t)| {
                     let reject = t.settings.flags & service_flags::REJECT != 0;
@@ -943,7 +991,7 @@ mod tests {
     }
 
     fn clusterip_backends(s: &Service, slices: &[EndpointSlice], node: &Node) -> Vec<String> {
-        desired(std::slice::from_ref(s), slices, node)[&fe("10.96.0.10:80", Protocol::Tcp)]
+        desired_of(std::slice::from_ref(s), slices, node)[&fe("10.96.0.10:80", Protocol::Tcp)]
             .backends
             .iter()
             .map(|e| e.addr.to_string())
@@ -1026,7 +1074,7 @@ mod tests {
         let mut s = web();
         let spec = s.spec.as_mut().unwrap();
         spec.session_affinity = Some("ClientIP".into());
-        let d = desired(std::slice::from_ref(&s), &web_slices(), &Node::default());
+        let d = desired_of(std::slice::from_ref(&s), &web_slices(), &Node::default());
         let t = &d[&fe("10.96.0.10:80", Protocol::Tcp)].settings;
         assert_eq!(
             (t.flags, t.affinity_timeout_s),
@@ -1034,7 +1082,7 @@ mod tests {
         );
         s.spec.as_mut().unwrap().session_affinity_config =
             Some(serde_json::from_value(json!({"clientIP": {"timeoutSeconds": 60}})).unwrap());
-        let d = desired(&[s], &web_slices(), &Node::default());
+        let d = desired_of(&[s], &web_slices(), &Node::default());
         assert_eq!(
             d[&fe("10.96.0.10:80", Protocol::Tcp)]
                 .settings
@@ -1063,7 +1111,7 @@ mod tests {
                 {"addresses": ["10.244.1.33"], "conditions": {"ready": false, "terminating": true}},
             ]
         }));
-        let d = desired(&[web()], std::slice::from_ref(&s), &Node::default());
+        let d = desired_of(&[web()], std::slice::from_ref(&s), &Node::default());
         let got: Vec<String> = d[&fe("10.96.0.10:80", Protocol::Tcp)]
             .backends
             .iter()
@@ -1085,7 +1133,7 @@ mod tests {
             )
             .unwrap(),
         ];
-        let d = desired(&[web()], &[t], &Node::default());
+        let d = desired_of(&[web()], &[t], &Node::default());
         assert_eq!(
             addrs(&d[&fe("10.96.0.10:80", Protocol::Tcp)].backends),
             vec!["10.244.1.34:8080".parse::<SocketAddr>().unwrap()]
@@ -1098,7 +1146,7 @@ mod tests {
         let spec = s.spec.as_mut().unwrap();
         spec.ports.as_mut().unwrap()[1].protocol = Some("SCTP".into());
         spec.external_ips = Some(vec!["not-an-ip".into()]);
-        let p = problems(&[s]);
+        let p = problems(&s);
         let reasons: Vec<&str> = p.iter().map(|p| p.reason.as_str()).collect();
         assert_eq!(reasons, ["UnsupportedProtocol", "InvalidIP"]);
         assert!(p[0].message.contains("53/SCTP"), "{}", p[0].message);
@@ -1106,13 +1154,13 @@ mod tests {
             (p[0].namespace.as_str(), p[0].name.as_str()),
             ("default", "web")
         );
-        assert!(problems(&[web()]).is_empty());
+        assert!(problems(&web()).is_empty());
     }
 
     #[test]
     fn port_endpoints_lists_ready_addresses_per_port() {
         let slices = web_slices();
-        let pe = port_endpoints(&web(), &SliceIndex::new(&slices));
+        let pe = port_endpoints(&web(), &SliceIndex::new(&arcs(&slices)));
         assert_eq!(pe.len(), 2);
         assert_eq!(pe[0].port_name, "http");
         let got: Vec<String> = pe[0].addresses.iter().map(|a| a.to_string()).collect();

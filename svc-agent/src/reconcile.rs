@@ -11,7 +11,12 @@
 //!
 //! A frontend that cannot be written (a full map, no free id) is reported
 //! and keeps what it had; the others are still programmed.
-use std::collections::{BTreeMap, BTreeSet};
+//!
+//! An `apply` looks at every frontend (`Scope::All`) or only at those that
+//! may have changed (`Scope::Only`): the reconciler counts each backend's
+//! users, so it knows which backends a change left unused without going
+//! through every frontend.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::{Result, bail};
 use svc_common::MAX_SERVICES;
@@ -19,7 +24,7 @@ use svc_common::MAX_SERVICES;
 use crate::{
     dataplane::{Dataplane, Endpoint, Frontend, Settings, SourceRange},
     maglev::{self, LoadBalancing},
-    model::Desired,
+    model::{Desired, Target},
 };
 
 /// The map operations the reconciler needs; the dataplane implements
@@ -103,6 +108,25 @@ pub struct Programmed {
 pub struct Reconciler {
     backends: BTreeMap<Endpoint, u32>,
     frontends: BTreeMap<Frontend, Programmed>,
+    /// Each backend id in `backends`, with how many frontends' slots
+    /// name it.
+    uses: HashMap<u32, Uses>,
+}
+
+#[derive(Debug)]
+struct Uses {
+    addr: Endpoint,
+    frontends: usize,
+}
+
+/// Which frontends an `apply` looks at.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// Every frontend, desired or programmed (the first sync, and after
+    /// the maps were read back).
+    All,
+    /// Only these; the others are as they were programmed.
+    Only(&'a BTreeSet<Frontend>),
 }
 
 /// Counts of what one `apply` changed, and the frontends it could not
@@ -129,9 +153,27 @@ impl Reconciler {
         backends: BTreeMap<u32, Endpoint>,
         frontends: BTreeMap<Frontend, Programmed>,
     ) -> Self {
+        let mut uses: HashMap<u32, Uses> = backends
+            .iter()
+            .map(|(id, addr)| {
+                (
+                    *id,
+                    Uses {
+                        addr: *addr,
+                        frontends: 0,
+                    },
+                )
+            })
+            .collect();
+        for id in frontends.values().flat_map(|p| &p.backend_ids) {
+            if let Some(u) = uses.get_mut(id) {
+                u.frontends += 1;
+            }
+        }
         Self {
             backends: backends.into_iter().map(|(id, addr)| (addr, id)).collect(),
             frontends,
+            uses,
         }
     }
 
@@ -156,14 +198,35 @@ impl Reconciler {
         differing(&believed, backends) + differing(&self.frontends, frontends)
     }
 
+    /// Makes every frontend's slots what `desired` says.
     pub fn apply(&mut self, desired: &Desired, maps: &mut impl Maps) -> Result<Changes> {
+        self.apply_to(desired, Scope::All, maps)
+    }
+
+    /// Makes the slots of the frontends in `scope` what `desired` says
+    /// (removing those it no longer has).
+    pub fn apply_to(
+        &mut self,
+        desired: &Desired,
+        scope: Scope,
+        maps: &mut impl Maps,
+    ) -> Result<Changes> {
         let mut changes = Changes::default();
         let balancing = maps.load_balancing();
+        let targets: Vec<(&Frontend, &Target)> = match scope {
+            Scope::All => desired.iter().collect(),
+            Scope::Only(fes) => fes
+                .iter()
+                .filter_map(|fe| desired.get_key_value(fe))
+                .collect(),
+        };
+        // Backends whose last user went, and new ones: candidates to go.
+        let mut released = Vec::new();
 
         // 1. Backends that are new get ids and are written first.
-        let wanted: BTreeSet<Endpoint> = desired
-            .values()
-            .flat_map(|t| t.backends.iter().copied())
+        let wanted: BTreeSet<Endpoint> = targets
+            .iter()
+            .flat_map(|(_, t)| t.backends.iter().copied())
             .collect();
         let mut unwritable = BTreeMap::new();
         // Built on first need: most syncs add no backend and no frontend.
@@ -179,6 +242,12 @@ impl Reconciler {
                 match written {
                     Ok(id) => {
                         self.backends.insert(*addr, id);
+                        let uses = Uses {
+                            addr: *addr,
+                            frontends: 0,
+                        };
+                        self.uses.insert(id, uses);
+                        released.push(id);
                         changes.backends_added += 1;
                     }
                     Err(e) => {
@@ -190,15 +259,16 @@ impl Reconciler {
 
         // 2. Frontends no longer wanted go (first, so their service ids are
         //    free for newcomers).
-        let stale: Vec<Frontend> = self
-            .frontends
-            .keys()
-            .filter(|fe| !desired.contains_key(fe))
-            .copied()
-            .collect();
-        for fe in stale {
+        let stale: Vec<Frontend> = match scope {
+            Scope::All => self.frontends.keys().copied().collect(),
+            Scope::Only(fes) => fes.iter().copied().collect(),
+        };
+        let stale = stale
+            .into_iter()
+            .filter(|fe| !desired.contains_key(fe) && self.frontends.contains_key(fe));
+        for fe in stale.collect::<Vec<_>>() {
             maps.remove_service(&fe)?;
-            if let Some(old) = self.frontends.remove(&fe) {
+            if let Some(old) = self.forget(&fe, &mut released) {
                 // Its id may go to a newcomer: its ranges must not.
                 maps.set_source_ranges(old.service_id, &[], &old.source_ranges)?;
             }
@@ -207,7 +277,7 @@ impl Reconciler {
 
         // 3. Frontends whose slots differ are (re)written.
         let mut free_service_ids: Option<FreeIds> = None;
-        for (fe, target) in desired {
+        for (fe, target) in targets {
             let backend_ids: Result<Vec<u32>, String> = target
                 .backends
                 .iter()
@@ -293,30 +363,62 @@ impl Reconciler {
                     changes.failed.push((*fe, format!("{e:#}")));
                     continue;
                 }
-                self.frontends.insert(*fe, want);
+                self.record(*fe, want, &mut released);
                 changes.frontends_set += 1;
             }
         }
 
         // 4. Backends nothing points at any more go last (a frontend that
         //    failed above still points at its old ones: they stay).
-        let in_use: BTreeSet<u32> = self
-            .frontends
-            .values()
-            .flat_map(|p| p.backend_ids.iter().copied())
+        if let Scope::All = scope {
+            released = self.uses.keys().copied().collect();
+        }
+        let mut unused: Vec<(Endpoint, u32)> = released
+            .into_iter()
+            .filter_map(|id| {
+                let u = self.uses.get(&id)?;
+                (u.frontends == 0 && !wanted.contains(&u.addr)).then_some((u.addr, id))
+            })
             .collect();
-        let unused: Vec<(Endpoint, u32)> = self
-            .backends
-            .iter()
-            .filter(|(addr, id)| !wanted.contains(addr) && !in_use.contains(id))
-            .map(|(a, id)| (*a, *id))
-            .collect();
+        unused.sort();
+        unused.dedup();
         for (addr, id) in unused {
             maps.remove_backend(id)?;
             self.backends.remove(&addr);
+            self.uses.remove(&id);
             changes.backends_removed += 1;
         }
         Ok(changes)
+    }
+
+    /// Notes what `fe`'s slots now hold, counting its backends' users.
+    fn record(&mut self, fe: Frontend, programmed: Programmed, released: &mut Vec<u32>) {
+        for id in &programmed.backend_ids {
+            if let Some(u) = self.uses.get_mut(id) {
+                u.frontends += 1;
+            }
+        }
+        if let Some(old) = self.frontends.insert(fe, programmed) {
+            self.release(&old.backend_ids, released);
+        }
+    }
+
+    /// Notes that `fe` is gone from the maps.
+    fn forget(&mut self, fe: &Frontend, released: &mut Vec<u32>) -> Option<Programmed> {
+        let old = self.frontends.remove(fe)?;
+        self.release(&old.backend_ids, released);
+        Some(old)
+    }
+
+    fn release(&mut self, ids: &[u32], released: &mut Vec<u32>) {
+        for id in ids {
+            if let Some(u) = self.uses.get_mut(id) {
+                u.frontends = u.frontends.saturating_sub(1);
+                if u.frontends == 0 {
+                    released.push(*id);
+                }
+            }
+        }
     }
 }
 
@@ -730,6 +832,93 @@ mod tests {
         m.ops.clear();
         r.apply(&d, &mut m).unwrap();
         assert_eq!(m.ops, ["+service 10.96.0.10:80 #0 [1, 2] maglev"]);
+    }
+
+    /// What the fake maps hold, by address: each frontend's backends.
+    fn content(m: &FakeMaps) -> BTreeMap<Frontend, Vec<SocketAddr>> {
+        m.services
+            .iter()
+            .map(|(fe, ids)| (*fe, ids.iter().map(|id| m.backends[id].addr).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn a_change_touches_only_its_frontends_and_frees_a_backend_with_its_last_user() {
+        let (a, b) = ("10.96.0.10:80", "10.96.0.11:80");
+        let shared = "10.244.1.21:80";
+        let mut r = Reconciler::default();
+        let mut m = FakeMaps::default();
+        r.apply(
+            &desired(&[(a, &[shared]), (b, &[shared, "10.244.1.22:80"])]),
+            &mut m,
+        )
+        .unwrap();
+        m.ops.clear();
+        // b drops the shared backend: a still uses it, so it stays.
+        let d = desired(&[(a, &[shared]), (b, &["10.244.1.22:80"])]);
+        let changed = BTreeSet::from([fe(b)]);
+        r.apply_to(&d, Scope::Only(&changed), &mut m).unwrap();
+        assert_eq!(m.ops, ["+service 10.96.0.11:80 #1 [2]"]);
+        // a goes too: now nothing uses it.
+        m.ops.clear();
+        let d = desired(&[(b, &["10.244.1.22:80"])]);
+        let changed = BTreeSet::from([fe(a)]);
+        r.apply_to(&d, Scope::Only(&changed), &mut m).unwrap();
+        assert_eq!(m.ops, ["-service 10.96.0.10:80", "-backend 1"]);
+        // A frontend outside the scope is left as it is, even if it differs.
+        m.ops.clear();
+        let d = desired(&[(b, &["10.244.1.23:80"])]);
+        r.apply_to(&d, Scope::Only(&BTreeSet::new()), &mut m)
+            .unwrap();
+        assert!(m.ops.is_empty());
+    }
+
+    #[test]
+    fn changes_applied_one_scope_at_a_time_end_where_whole_syncs_do() {
+        let mut seed = 11u64;
+        let mut below = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let (mut scoped, mut whole) = (Reconciler::default(), Reconciler::default());
+        let (mut scoped_maps, mut whole_maps) = (FakeMaps::default(), FakeMaps::default());
+        let mut state: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for round in 0..300 {
+            let mut changed = BTreeSet::new();
+            for _ in 0..=below(3) {
+                let f = format!("10.96.0.{}:80", below(6));
+                match below(3) {
+                    0 => {
+                        state.remove(&f);
+                    }
+                    _ => {
+                        let backends = (0..below(4))
+                            .map(|_| format!("10.244.1.{}:80", below(8)))
+                            .collect::<BTreeSet<_>>();
+                        state.insert(f.clone(), backends.into_iter().collect());
+                    }
+                }
+                changed.insert(fe(&f));
+            }
+            let entries: Vec<(&str, Vec<&str>)> = state
+                .iter()
+                .map(|(f, bs)| (f.as_str(), bs.iter().map(String::as_str).collect()))
+                .collect();
+            let entries: Vec<(&str, &[&str])> =
+                entries.iter().map(|(f, bs)| (*f, bs.as_slice())).collect();
+            let d = desired(&entries);
+            scoped
+                .apply_to(&d, Scope::Only(&changed), &mut scoped_maps)
+                .unwrap();
+            whole.apply(&d, &mut whole_maps).unwrap();
+            assert_eq!(content(&scoped_maps), content(&whole_maps), "round {round}");
+            let used: BTreeSet<SocketAddr> = content(&whole_maps).into_values().flatten().collect();
+            let held: BTreeSet<SocketAddr> =
+                scoped_maps.backends.values().map(|e| e.addr).collect();
+            assert_eq!(held, used, "round {round}: unused backends left behind");
+        }
     }
 
     #[test]

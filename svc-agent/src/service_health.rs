@@ -97,11 +97,10 @@ impl ServiceHealth {
 /// Two Services claiming one port (the API server's allocator prevents
 /// it; manifests may not) leave it to the first by namespace and name.
 pub fn health_check_ports(
-    services: &[Service],
-    slices: &[EndpointSlice],
+    services: &[Arc<Service>],
+    index: &SliceIndex,
     node_name: &str,
 ) -> BTreeMap<u16, ServiceHealth> {
-    let index = SliceIndex::new(slices);
     let mut out: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
     for svc in services.iter().filter(|s| is_proxied(s)) {
         let Some(port) = health_check_node_port(svc) else {
@@ -183,7 +182,7 @@ fn cluster_ip_families(svc: &Service) -> (bool, bool) {
 /// others, so a slice without one contributes nothing). An address listed
 /// more than once counts if one of its local entries is ready (kube-proxy
 /// keeps one of them, which one depending on map order).
-fn local_ready_endpoints(slices: &[&EndpointSlice], node_name: &str) -> (usize, usize) {
+fn local_ready_endpoints(slices: &[&Arc<EndpointSlice>], node_name: &str) -> (usize, usize) {
     let mut ready: BTreeSet<IpAddr> = BTreeSet::new();
     for slice in slices {
         let family = match slice.address_type.as_str() {
@@ -459,6 +458,17 @@ fn respond(shared: &Mutex<Shared>, port: u16, probe: Family) -> Response<Full<By
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `health_check_ports` of plain objects.
+    fn ports(
+        services: &[Service],
+        slices: &[EndpointSlice],
+        node_name: &str,
+    ) -> BTreeMap<u16, ServiceHealth> {
+        let services: Vec<Arc<Service>> = services.iter().cloned().map(Arc::new).collect();
+        let slices: Vec<Arc<EndpointSlice>> = slices.iter().cloned().map(Arc::new).collect();
+        health_check_ports(&services, &SliceIndex::new(&slices), node_name)
+    }
     use serde_json::json;
 
     fn svc(v: serde_json::Value) -> Service {
@@ -533,7 +543,7 @@ mod tests {
         .into_iter()
         .map(svc)
         .collect();
-        let got = health_check_ports(&services, &[], "node-a");
+        let got = ports(&services, &[], "node-a");
         assert_eq!(got, BTreeMap::from([(32000, health("web", 0, 0))]));
     }
 
@@ -589,14 +599,14 @@ mod tests {
                 "endpoints": [{"addresses": ["10.244.1.8"], "nodeName": "node-a"}]
             })),
         ];
-        let got = health_check_ports(&services, &slices, "node-a");
+        let got = ports(&services, &slices, "node-a");
         // Dual-stack: each family its own count (a dual-stack Pod is one
         // endpoint, not two).
         assert_eq!(got[&32000], health("web", 2, 1));
-        let got = health_check_ports(&services, &slices, "node-b");
+        let got = ports(&services, &slices, "node-b");
         assert_eq!(got[&32000], health("web", 1, 1));
         // An unknown node name makes nothing local.
-        let got = health_check_ports(&services, &slices, "");
+        let got = ports(&services, &slices, "");
         assert_eq!(got[&32000], health("web", 0, 0));
     }
 
@@ -622,7 +632,7 @@ mod tests {
                        {"addresses": ["fd00:244:1::2"], "nodeName": "node-a"}]),
             ),
         ];
-        let got = health_check_ports(&services, &slices, "node-a");
+        let got = ports(&services, &slices, "node-a");
         assert_eq!(
             got,
             BTreeMap::from([
@@ -638,7 +648,7 @@ mod tests {
             svc(lb("zeta", 32000, &["10.96.0.2"])),
             svc(lb("alpha", 32000, &["10.96.0.1"])),
         ];
-        let got = health_check_ports(&services, &[], "node-a");
+        let got = ports(&services, &[], "node-a");
         assert_eq!(got[&32000].name, "alpha");
     }
 
