@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 use log::{info, warn};
 use svc_common::{CtTimeouts, DropReason};
 
@@ -25,16 +25,16 @@ use crate::{
     apiserver::{Cidr, ServiceNetwork},
     cluster::{self, ClusterSource},
     dataplane::{Capacity, Dataplane, Frontend, Pins, SockLbTarget, TcHook, XdpForwarding},
-    desired_state::DesiredState,
+    desired_state::{Changed, DesiredState, Objects},
     health::Health,
     http_server::{self, HealthHandle, SharedHealth},
     maglev::LoadBalancing,
     manifest_source::ManifestSource,
     metrics::{self, Exposition, Histogram, Sample, single},
-    model::{self, Node, Problem, SliceIndex},
+    model::{self, Node, Problem},
     netif,
     reconcile::{Reconciler, Scope},
-    service_health::{self, ServiceHealthServers},
+    service_health::ServiceHealthServers,
     view::EventView,
 };
 
@@ -89,12 +89,13 @@ pub enum SourceConfig {
     },
 }
 
-/// What a source provides at a sync. The objects are shared (a
-/// reflector's store hands out the same `Arc` until an object changes),
-/// so reading them copies nothing.
+/// What a source provides at a sync.
 pub struct Inputs {
-    pub services: Vec<Arc<Service>>,
-    pub slices: Vec<Arc<EndpointSlice>>,
+    /// Which Services may have changed since the last sync.
+    pub changed: Changed,
+    /// The Services and their slices, shared with the source (reading
+    /// them copies nothing).
+    pub objects: Arc<dyn Objects + Send + Sync>,
     /// This agent's Node, when the source knows it.
     pub node: Option<k8s_openapi::api::core::v1::Node>,
     /// Services (or parts) the source could not accept, with why.
@@ -118,8 +119,8 @@ impl Source {
         match self {
             Source::Manifests(m) => m.read(),
             Source::Cluster(c) => Inputs {
-                services: c.services(),
-                slices: c.slices(),
+                changed: c.take_changed(),
+                objects: Arc::new(c.objects()),
                 node: c.node(),
                 problems: Vec::new(),
             },
@@ -341,8 +342,10 @@ impl State {
                 .and_then(|l| l.get(model::ZONE_LABEL))
                 .cloned(),
         };
-        let index = SliceIndex::new(&inputs.slices);
-        let mut changed = self.desired.update(&inputs.services, &index, &node).changed;
+        let update = self
+            .desired
+            .update(&inputs.changed, inputs.objects.as_ref(), &node);
+        let mut changed = update.changed;
         changed.append(&mut self.retry);
         let scope = if self.whole_sync_due {
             Scope::All
@@ -404,13 +407,11 @@ impl State {
         // healthCheckNodePorts: kube-proxy answers them with its own
         // liveness (not the Node's eligibility) and this node's endpoints.
         let proxy_healthy = self.health.lock().unwrap().health.is_healthy(now);
-        let checks = service_health::health_check_ports(&inputs.services, &index, &cfg.node_name);
+        let checks = self.desired.health_checks();
         self.health_checks.sync(checks, proxy_healthy).await;
         self.report(problems);
-        drop(index);
         *snapshot.lock().unwrap() = Snapshot {
-            services: inputs.services,
-            slices: inputs.slices,
+            objects: Some(inputs.objects),
             events: self.events.clone(),
         };
         ok

@@ -13,11 +13,12 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::{
     agent::key,
-    model::{self, SliceIndex},
+    desired_state::{Objects, ServiceName},
+    model,
     view::{EventView, ServiceView},
 };
 
@@ -44,51 +45,42 @@ pub enum Response {
     },
 }
 
-/// What the daemon publishes for the socket to answer from: the inputs of
-/// its last sync, shared with it (publishing copies no object). The views
-/// are built when the CLI asks, not at every sync.
-#[derive(Debug, Default)]
+/// What the daemon publishes for the socket to answer from: the objects
+/// of its last sync, shared with its source (publishing copies nothing).
+/// The views are built when the CLI asks, not at every sync.
+#[derive(Default)]
 pub struct Snapshot {
-    /// Admitted services.
-    pub services: Vec<Arc<Service>>,
-    pub slices: Vec<Arc<EndpointSlice>>,
+    /// Admitted Services and their slices (None before the first sync).
+    pub objects: Option<Arc<dyn Objects + Send + Sync>>,
     /// Events by "ns/name", of admitted services and of never-admitted ones.
     pub events: BTreeMap<String, Vec<EventView>>,
 }
 
 impl Snapshot {
     pub fn answer(&self, req: Request) -> Response {
-        let index = SliceIndex::new(&self.slices);
-        let view = |svc: &Arc<Service>| ServiceView {
-            service: (**svc).clone(),
-            endpoints: model::port_endpoints(svc, &index),
-            events: self.events.get(&key(svc)).cloned().unwrap_or_default(),
+        let view = |name: &ServiceName| {
+            let (svc, slices) = self.objects.as_ref()?.get(name)?;
+            let own: Vec<&Arc<EndpointSlice>> = slices.iter().collect();
+            Some(ServiceView {
+                endpoints: model::port_endpoints(&svc, &own),
+                events: self.events.get(&key(&svc)).cloned().unwrap_or_default(),
+                service: (*svc).clone(),
+            })
         };
         match req {
             Request::GetServices { namespace } => {
-                let mut views: Vec<ServiceView> = self
-                    .services
-                    .iter()
-                    .filter(|s| namespace.is_none() || s.metadata.namespace == namespace)
-                    .map(view)
-                    .collect();
-                views.sort_by_cached_key(|v| key(&v.service));
-                Response::Services(views)
+                let mut names = self.objects.as_ref().map(|o| o.names()).unwrap_or_default();
+                names.retain(|(ns, _)| namespace.as_ref().is_none_or(|n| n == ns));
+                names.sort();
+                Response::Services(names.iter().filter_map(view).collect())
             }
             Request::DescribeService { namespace, name } => {
-                let view = self
-                    .services
-                    .iter()
-                    .find(|s| {
-                        s.metadata.namespace.as_deref() == Some(namespace.as_str())
-                            && s.metadata.name.as_deref() == Some(name.as_str())
-                    })
-                    .map(|s| Box::new(view(s)));
                 let events = self
                     .events
                     .get(&format!("{namespace}/{name}"))
                     .cloned()
                     .unwrap_or_default();
+                let view = view(&(namespace, name)).map(Box::new);
                 Response::Service { view, events }
             }
         }

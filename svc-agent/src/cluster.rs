@@ -7,16 +7,21 @@
 //! (`service.kubernetes.io/headless`, which the EndpointSlice controller
 //! also puts on their slices): adding such a label looks like a deletion.
 //!
+//! Each event also names the Service it concerns (an EndpointSlice's is
+//! its `kubernetes.io/service-name` label), so a sync computes only those
+//! again, as kube-proxy's change trackers do; a relist names them all.
+//!
 //! The reflectors' stores change only on events: while the API server is
 //! unreachable the watchers back off and retry, the stores keep their last
 //! content, and so the dataplane stays as it was. A relist (after a 410
 //! Gone, or a reconnect) replaces a store's content atomically once the
 //! whole list has arrived.
 use std::{
+    collections::{BTreeSet, HashMap},
     fmt::Debug,
     path::Path,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -33,7 +38,7 @@ use kube::{
     runtime::{
         WatchStreamExt as _,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -41,7 +46,10 @@ use log::{info, warn};
 use serde::de::DeserializeOwned;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::model::{HEADLESS_LABEL, Problem, SERVICE_PROXY_NAME_LABEL};
+use crate::{
+    desired_state::{Changed, Objects, ServiceName},
+    model::{HEADLESS_LABEL, Problem, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL},
+};
 
 /// kube-proxy's selector for what it implements.
 pub fn proxied_selector() -> String {
@@ -65,8 +73,9 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
 }
 
 pub struct ClusterSource {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    objects: ClusterObjects,
+    /// Which Services the events since the last sync concern.
+    changed: Arc<Mutex<Changed>>,
     nodes: Store<Node>,
     node_name: String,
     recorder: Recorder,
@@ -81,12 +90,57 @@ impl ClusterSource {
     /// event that may have changed a store.
     pub fn start(client: Client, node_name: String, changed: mpsc::UnboundedSender<()>) -> Self {
         let proxied = watcher::Config::default().labels(&proxied_selector());
-        let (services, t1) = reflect(Api::all(client.clone()), proxied.clone(), &changed);
-        let (slices, t2) = reflect(Api::all(client.clone()), proxied, &changed);
-        let (nodes, t3) = reflect(
+        // Until the first lists are complete, anything may change.
+        let pending = Arc::new(Mutex::new(Changed::Everything));
+        let note = |pending: &Mutex<Changed>, what: Changed| lock(pending).merge(what);
+
+        let (services, writer) = reflector::store();
+        let t1 = reflect(
+            Api::all(client.clone()),
+            proxied.clone(),
+            writer,
+            &changed,
+            {
+                let pending = pending.clone();
+                move |event: &watcher::Event<Service>| match event {
+                    watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
+                        note(&pending, Changed::Only(BTreeSet::from([name_of(s)])));
+                    }
+                    watcher::Event::InitDone => note(&pending, Changed::Everything),
+                    watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                }
+            },
+        );
+        let (slices, writer) = reflector::store();
+        let owners = Arc::new(Mutex::new(SliceOwners::default()));
+        let t2 = reflect(Api::all(client.clone()), proxied, writer, &changed, {
+            let (pending, owners, slices) = (pending.clone(), owners.clone(), slices.clone());
+            move |event: &watcher::Event<EndpointSlice>| match event {
+                watcher::Event::Apply(s) => {
+                    let concerned = lock(&owners).set(s, owner_of(s));
+                    note(&pending, Changed::Only(concerned));
+                }
+                watcher::Event::Delete(s) => {
+                    let concerned = lock(&owners).set(s, None);
+                    note(&pending, Changed::Only(concerned));
+                }
+                // The store was replaced whole (reflect applies an event
+                // before passing it on): so are the owners, from it.
+                watcher::Event::InitDone => {
+                    *lock(&owners) = SliceOwners::of(&slices.state());
+                    note(&pending, Changed::Everything);
+                }
+                watcher::Event::Init | watcher::Event::InitApply(_) => {}
+            }
+        });
+        let (nodes, writer) = reflector::store();
+        let t3 = reflect(
             Api::all(client.clone()),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+            writer,
             &changed,
+            // The agent compares what it uses of the Node at every sync.
+            |_: &watcher::Event<Node>| {},
         );
         let reporter = Reporter {
             controller: "svc-agent".into(),
@@ -108,8 +162,12 @@ impl ClusterSource {
             }
         });
         Self {
-            services,
-            slices,
+            objects: ClusterObjects {
+                services,
+                slices,
+                owners,
+            },
+            changed: pending,
             nodes,
             node_name,
             recorder: Recorder::new(client, reporter),
@@ -122,14 +180,14 @@ impl ClusterSource {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// The stores' objects, shared with them (nothing is copied; an
-    /// object the store has not replaced is the same `Arc` as last time).
-    pub fn services(&self) -> Vec<Arc<Service>> {
-        self.services.state()
+    /// The Services and slices, as the stores hold them now.
+    pub fn objects(&self) -> ClusterObjects {
+        self.objects.clone()
     }
 
-    pub fn slices(&self) -> Vec<Arc<EndpointSlice>> {
-        self.slices.state()
+    /// Which Services the events since the last call concern.
+    pub fn take_changed(&self) -> Changed {
+        std::mem::replace(&mut *lock(&self.changed), Changed::none())
     }
 
     pub fn node(&self) -> Option<Node> {
@@ -143,10 +201,8 @@ impl ClusterSource {
     /// Publishes a Warning Event on the Service a problem is about, in the
     /// background (an unreachable API server must not hold up a sync).
     pub fn publish(&self, problem: &Problem) {
-        let Some(svc) = self.services.state().into_iter().find(|s| {
-            s.metadata.namespace.as_deref() == Some(&problem.namespace)
-                && s.metadata.name.as_deref() == Some(&problem.name)
-        }) else {
+        let name = ObjectRef::new(&problem.name).within(&problem.namespace);
+        let Some(svc) = self.objects.services.get(&name) else {
             return;
         };
         let reference = svc.object_ref(&());
@@ -174,34 +230,37 @@ impl Drop for ClusterSource {
     }
 }
 
-/// A reflector whose objects lose their managedFields (large, and never
-/// read here) before they are stored.
+/// A reflector into `writer`'s store whose objects lose their
+/// managedFields (large, and never read here) before they are stored;
+/// `on_event` sees each event once the store holds it.
 fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
+    writer: reflector::store::Writer<K>,
     changed: &mpsc::UnboundedSender<()>,
-) -> (Store<K>, JoinHandle<()>)
+    mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
+) -> JoinHandle<()>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
     let kind = K::kind(&());
     let changed = changed.clone();
     let stream = watcher(api, config)
         .modify(|o| o.managed_fields_mut().clear())
         .default_backoff()
         .reflect(writer);
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         // Log the first failure of a run and the recovery, not every retry.
         let mut failing = false;
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => {
+                Ok(event) => {
                     if failing {
                         info!("watching {kind}: connected again");
                         failing = false;
                     }
+                    on_event(&event);
                     if changed.send(()).is_err() {
                         return;
                     }
@@ -214,6 +273,147 @@ where
                 }
             }
         }
-    });
-    (reader, task)
+    })
+}
+
+/// The stores' Services and EndpointSlices, shared (cloning copies
+/// handles, not objects).
+#[derive(Clone)]
+pub struct ClusterObjects {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    owners: Arc<Mutex<SliceOwners>>,
+}
+
+impl Objects for ClusterObjects {
+    fn names(&self) -> Vec<ServiceName> {
+        self.services.state().iter().map(|s| name_of(s)).collect()
+    }
+
+    fn get(&self, name: &ServiceName) -> Option<(Arc<Service>, Vec<Arc<EndpointSlice>>)> {
+        let svc = self
+            .services
+            .get(&ObjectRef::new(&name.1).within(&name.0))?;
+        let slice_names = lock(&self.owners).slices.get(name).cloned();
+        let slices = slice_names
+            .into_iter()
+            .flatten()
+            .filter_map(|slice| self.slices.get(&ObjectRef::new(&slice).within(&name.0)))
+            .collect();
+        Some((svc, slices))
+    }
+}
+
+/// Which Service each EndpointSlice belongs to, both ways, kept from the
+/// events (a store cannot be searched by label).
+#[derive(Default)]
+struct SliceOwners {
+    /// By Service: its slices' names (sorted, as `Objects::get` promises).
+    slices: HashMap<ServiceName, BTreeSet<String>>,
+    /// By slice (namespace, name): its Service.
+    owner: HashMap<(String, String), ServiceName>,
+}
+
+impl SliceOwners {
+    fn of(slices: &[Arc<EndpointSlice>]) -> Self {
+        let mut owners = Self::default();
+        for s in slices {
+            owners.set(s, owner_of(s));
+        }
+        owners
+    }
+
+    /// Records `slice` as `owner`'s (None: gone); returns the Services
+    /// concerned: the owner it had and the one it has.
+    fn set(&mut self, slice: &EndpointSlice, owner: Option<ServiceName>) -> BTreeSet<ServiceName> {
+        let (ns, name) = service_key_of(&slice.metadata);
+        let key = (ns.to_string(), name.to_string());
+        let mut concerned = BTreeSet::new();
+        if let Some(old) = self.owner.remove(&key) {
+            if let Some(names) = self.slices.get_mut(&old) {
+                names.remove(&key.1);
+                if names.is_empty() {
+                    self.slices.remove(&old);
+                }
+            }
+            concerned.insert(old);
+        }
+        if let Some(owner) = owner {
+            self.slices
+                .entry(owner.clone())
+                .or_default()
+                .insert(key.1.clone());
+            self.owner.insert(key, owner.clone());
+            concerned.insert(owner);
+        }
+        concerned
+    }
+}
+
+fn service_key_of(meta: &kube::api::ObjectMeta) -> (&str, &str) {
+    (
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+fn name_of(svc: &Service) -> ServiceName {
+    let (ns, name) = service_key_of(&svc.metadata);
+    (ns.into(), name.into())
+}
+
+/// The Service an EndpointSlice is labelled as belonging to.
+fn owner_of(slice: &EndpointSlice) -> Option<ServiceName> {
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    let (ns, _) = service_key_of(&slice.metadata);
+    (!service.is_empty()).then(|| (ns.into(), service.clone()))
+}
+
+/// A poisoned lock (a panicked holder) still holds consistent data here.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn slice(name: &str, service: &str) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns",
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "endpoints": []
+        }))
+        .unwrap()
+    }
+
+    fn names(v: &[&str]) -> BTreeSet<ServiceName> {
+        v.iter()
+            .map(|n| ("ns".to_string(), n.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_slice_event_concerns_the_service_it_had_and_the_one_it_has() {
+        let mut owners = SliceOwners::default();
+        let a1 = slice("a-1", "a");
+        assert_eq!(owners.set(&a1, owner_of(&a1)), names(&["a"]));
+        let a2 = slice("a-2", "a");
+        owners.set(&a2, owner_of(&a2));
+        assert_eq!(owners.slices[&("ns".into(), "a".into())].len(), 2);
+        // Relabelled to another Service: both are concerned.
+        let moved = slice("a-2", "b");
+        assert_eq!(owners.set(&moved, owner_of(&moved)), names(&["a", "b"]));
+        assert_eq!(
+            owners.slices[&("ns".into(), "a".into())],
+            BTreeSet::from(["a-1".to_string()])
+        );
+        // Deleted: its last owner is.
+        assert_eq!(owners.set(&moved, None), names(&["b"]));
+        assert!(!owners.slices.contains_key(&("ns".into(), "b".into())));
+        let rebuilt = SliceOwners::of(&[Arc::new(a1), Arc::new(slice("c-1", "c"))]);
+        assert_eq!(rebuilt.owner.len(), 2);
+    }
 }

@@ -1,14 +1,18 @@
 //! The desired state, kept up to date from one sync to the next. A
 //! Service's frontends are computed again only when the Service, one of
 //! its EndpointSlices or the node changed, so a sync costs time in
-//! proportion to what changed, not to the size of the cluster. `model`
-//! decides what each Service wants; this module remembers and merges.
+//! proportion to what changed, not to the size of the cluster (as
+//! kube-proxy's change trackers do). `model` decides what each Service
+//! wants; this module remembers and merges.
 //!
-//! "Unchanged" is judged by identity first (a reflector's store hands out
-//! the same `Arc` until the object changes), then by value (a manifest
-//! source parses every object afresh).
+//! The source says which Services may have changed (`Changed`), and hands
+//! them out with their slices (`Objects`). Even a Service named as changed
+//! is computed again only if it or its slices differ from last time: by
+//! identity first (a reflector's store hands out the same `Arc` until the
+//! object changes), then by value (a manifest source parses every object
+//! afresh).
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
 };
 
@@ -17,30 +21,107 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use crate::{
     dataplane::Frontend,
     model::{self, Desired, Node, Problem, SliceIndex, Target, service_key},
+    service_health::{self, ServiceHealth},
 };
 
-/// A Service's namespace and name, owned.
-type ServiceName = (String, String);
+/// A Service's namespace and name.
+pub type ServiceName = (String, String);
+
+/// Where a sync finds Services and their EndpointSlices.
+pub trait Objects {
+    /// Every Service's name.
+    fn names(&self) -> Vec<ServiceName>;
+    /// A Service and its own EndpointSlices (sorted by name); None once
+    /// it is gone.
+    fn get(&self, name: &ServiceName) -> Option<(Arc<Service>, Vec<Arc<EndpointSlice>>)>;
+}
+
+/// Which Services may have changed since the last update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Any of them (the first sync, a relist, a manifest directory).
+    Everything,
+    Only(BTreeSet<ServiceName>),
+}
+
+impl Changed {
+    pub fn none() -> Self {
+        Changed::Only(BTreeSet::new())
+    }
+
+    /// Adds what `other` says changed.
+    pub fn merge(&mut self, other: Changed) {
+        match (&mut *self, other) {
+            (Changed::Everything, _) => {}
+            (_, Changed::Everything) => *self = Changed::Everything,
+            (Changed::Only(a), Changed::Only(mut b)) => a.append(&mut b),
+        }
+    }
+}
+
+/// Services and slices listed whole, as a manifest source reads them.
+pub struct Listed {
+    services: HashMap<ServiceName, Arc<Service>>,
+    slices: HashMap<ServiceName, Vec<Arc<EndpointSlice>>>,
+}
+
+impl Listed {
+    pub fn new(services: Vec<Arc<Service>>, slices: &[Arc<EndpointSlice>]) -> Self {
+        let index = SliceIndex::new(slices);
+        let slices = services
+            .iter()
+            .map(|s| {
+                (
+                    owned(s),
+                    index.of(s).iter().map(|s| Arc::clone(s)).collect(),
+                )
+            })
+            .collect();
+        let services = services.into_iter().map(|s| (owned(&s), s)).collect();
+        Self { services, slices }
+    }
+}
+
+impl Objects for Listed {
+    fn names(&self) -> Vec<ServiceName> {
+        self.services.keys().cloned().collect()
+    }
+    fn get(&self, name: &ServiceName) -> Option<(Arc<Service>, Vec<Arc<EndpointSlice>>)> {
+        let svc = self.services.get(name)?;
+        Some((
+            svc.clone(),
+            self.slices.get(name).cloned().unwrap_or_default(),
+        ))
+    }
+}
+
+fn owned(svc: &Service) -> ServiceName {
+    let (ns, name) = service_key(svc);
+    (ns.into(), name.into())
+}
 
 #[derive(Default)]
 pub struct DesiredState {
     /// The node the frontends were computed for.
     node: Option<Node>,
-    /// What each Service was computed from, by namespace, then name.
-    services: HashMap<String, HashMap<String, Memo>>,
+    /// What each Service was computed from.
+    services: HashMap<ServiceName, Memo>,
     desired: Desired,
     /// Frontends that more than one Service names, with every claimant.
     /// The first in `service_key` order holds it (its target is in
     /// `desired`), as in `model::desired`.
     shared: BTreeMap<Frontend, BTreeSet<ServiceName>>,
+    /// The Services that have problems, and theirs.
+    problems: BTreeMap<ServiceName, Vec<Problem>>,
+    /// The Services that have a health check port, and its state.
+    health_checks: BTreeMap<ServiceName, (u16, ServiceHealth)>,
 }
 
-/// One Service's inputs at its last computation, and what came of them.
+/// One Service's inputs at its last computation, and its frontends.
 struct Memo {
     service: Arc<Service>,
     slices: Vec<Arc<EndpointSlice>>,
     frontends: Vec<Frontend>,
-    problems: Vec<Problem>,
 }
 
 /// What an `update` did.
@@ -61,102 +142,103 @@ impl DesiredState {
         &self.desired
     }
 
-    /// What the Services' frontends leave out, and why (`model::problems`).
-    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
-        self.services
-            .values()
-            .flat_map(|s| s.values())
-            .flat_map(|m| &m.problems)
+    /// Whether an update for `node` has to look at every Service.
+    pub fn node_differs(&self, node: &Node) -> bool {
+        self.node.as_ref() != Some(node)
     }
 
-    /// Brings the state up to date with `services` (all of them, not just
-    /// the changed ones) and their slices in `index`.
-    pub fn update(&mut self, services: &[Arc<Service>], index: &SliceIndex, node: &Node) -> Update {
+    /// What the Services' frontends leave out, and why (`model::problems`).
+    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.values().flatten()
+    }
+
+    /// The health check ports to serve (`service_health`).
+    pub fn health_checks(&self) -> BTreeMap<u16, ServiceHealth> {
+        service_health::health_check_ports(self.health_checks.values().cloned())
+    }
+
+    /// Brings the state up to date with the Services `changed` names (all
+    /// of them if the node changed), as `objects` has them now.
+    pub fn update(
+        &mut self,
+        changed: &Changed,
+        objects: &(impl Objects + ?Sized),
+        node: &Node,
+    ) -> Update {
         let mut update = Update::default();
-        if self.node.as_ref() != Some(node) {
+        let mut everything = *changed == Changed::Everything;
+        if self.node_differs(node) {
             // NodePorts and endpoint locality depend on the node: start over.
             update.changed.extend(self.desired.keys().copied());
             *self = Self {
                 node: Some(node.clone()),
                 ..Self::default()
             };
+            everything = true;
         }
+        let candidates: BTreeSet<ServiceName> = match changed {
+            _ if everything => {
+                // Those known here too: one may be gone.
+                let mut all: BTreeSet<ServiceName> = objects.names().into_iter().collect();
+                all.extend(self.services.keys().cloned());
+                all
+            }
+            Changed::Everything => unreachable!(),
+            Changed::Only(names) => names.clone(),
+        };
         // Claimants to compute again: they name a frontend whose holder
         // let go of it.
         let mut reclaim = BTreeSet::new();
-
-        let present: HashSet<(&str, &str)> = services.iter().map(|s| service_key(s)).collect();
-        let gone: Vec<ServiceName> = self
-            .services
-            .iter()
-            .flat_map(|(ns, names)| names.keys().map(move |name| (ns.as_str(), name.as_str())))
-            .filter(|key| !present.contains(key))
-            .map(|(ns, name)| (ns.to_string(), name.to_string()))
-            .collect();
-        for name in &gone {
-            self.withdraw(name, &mut update.changed, &mut reclaim);
-        }
-
-        for svc in services {
-            let own = index.of(svc);
-            if self.unchanged(svc, own) {
+        for name in &candidates {
+            let current = objects.get(name);
+            if let (Some((svc, slices)), Some(memo)) = (&current, self.services.get(name))
+                && memo.computed_from(svc, slices)
+            {
                 continue;
             }
-            let (ns, name) = service_key(svc);
-            self.withdraw(&(ns.into(), name.into()), &mut update.changed, &mut reclaim);
-            self.compute(svc, own, node, &mut update.changed);
-            update.recomputed += 1;
+            self.withdraw(name, &mut update.changed, &mut reclaim);
+            if let Some((svc, slices)) = current {
+                self.compute(name, svc, slices, node, &mut update.changed);
+                update.recomputed += 1;
+            }
         }
-
-        if !reclaim.is_empty() {
-            let by_name: HashMap<(&str, &str), &Arc<Service>> =
-                services.iter().map(|s| (service_key(s), s)).collect();
-            for (ns, name) in &reclaim {
-                if let Some(svc) = by_name.get(&(ns.as_str(), name.as_str())) {
-                    self.compute(svc, index.of(svc), node, &mut update.changed);
-                    update.recomputed += 1;
-                }
+        for name in reclaim {
+            if let Some((svc, slices)) = objects.get(&name) {
+                self.compute(&name, svc, slices, node, &mut update.changed);
+                update.recomputed += 1;
             }
         }
         update
     }
 
-    /// Whether `svc` and its slices are what its frontends were computed
-    /// from.
-    fn unchanged(&self, svc: &Arc<Service>, own: &[&Arc<EndpointSlice>]) -> bool {
-        let (ns, name) = service_key(svc);
-        let Some(memo) = self.services.get(ns).and_then(|s| s.get(name)) else {
-            return false;
-        };
-        same(&memo.service, svc)
-            && memo.slices.len() == own.len()
-            && memo.slices.iter().zip(own).all(|(a, b)| same(a, b))
-    }
-
-    /// Computes `svc`'s frontends and claims them.
+    /// Computes the Service's frontends and claims them.
     fn compute(
         &mut self,
-        svc: &Arc<Service>,
-        own: &[&Arc<EndpointSlice>],
+        name: &ServiceName,
+        svc: Arc<Service>,
+        slices: Vec<Arc<EndpointSlice>>,
         node: &Node,
         changed: &mut BTreeSet<Frontend>,
     ) {
-        let targets = model::frontends(svc, own, node);
-        let memo = Memo {
-            service: svc.clone(),
-            slices: own.iter().map(|s| Arc::clone(s)).collect(),
-            frontends: targets.iter().map(|(fe, _)| *fe).collect(),
-            problems: model::problems(svc),
-        };
-        let (ns, name) = service_key(svc);
-        let claimant: ServiceName = (ns.into(), name.into());
-        for (fe, target) in targets {
-            self.claim(fe, target, &claimant, changed);
+        let own: Vec<&Arc<EndpointSlice>> = slices.iter().collect();
+        let targets = model::frontends(&svc, &own, node);
+        let problems = model::problems(&svc);
+        if !problems.is_empty() {
+            self.problems.insert(name.clone(), problems);
         }
-        self.services
-            .entry(claimant.0)
-            .or_default()
-            .insert(claimant.1, memo);
+        if let Some(check) = service_health::health_check(&svc, &own, &node.name) {
+            self.health_checks.insert(name.clone(), check);
+        }
+        let frontends = targets.iter().map(|(fe, _)| *fe).collect();
+        for (fe, target) in targets {
+            self.claim(fe, target, name, changed);
+        }
+        let memo = Memo {
+            service: svc,
+            slices,
+            frontends,
+        };
+        self.services.insert(name.clone(), memo);
     }
 
     /// `claimant` names `fe`: it holds it unless a Service earlier in
@@ -189,16 +271,11 @@ impl DesiredState {
         changed: &mut BTreeSet<Frontend>,
         reclaim: &mut BTreeSet<ServiceName>,
     ) {
-        let Some(memo) = self
-            .services
-            .get_mut(&name.0)
-            .and_then(|s| s.remove(&name.1))
-        else {
+        self.problems.remove(name);
+        self.health_checks.remove(name);
+        let Some(memo) = self.services.remove(name) else {
             return;
         };
-        if self.services.get(&name.0).is_some_and(|s| s.is_empty()) {
-            self.services.remove(&name.0);
-        }
         for fe in memo.frontends {
             let held = self.desired.get(&fe).is_some_and(|t| holder_of(t) == *name);
             if held {
@@ -215,6 +292,15 @@ impl DesiredState {
                 }
             }
         }
+    }
+}
+
+impl Memo {
+    /// Whether these are the inputs the frontends were computed from.
+    fn computed_from(&self, svc: &Arc<Service>, slices: &[Arc<EndpointSlice>]) -> bool {
+        same(&self.service, svc)
+            && self.slices.len() == slices.len()
+            && self.slices.iter().zip(slices).all(|(a, b)| same(a, b))
     }
 }
 
@@ -314,7 +400,7 @@ mod tests {
                     let node_port =
                         [None, Some(30080), Some(30000 + n as u16)][rng.below(3) as usize];
                     let svc = service("ns", &name, &format!("10.96.0.{n}"), &external, node_port);
-                    services.insert(name, svc);
+                    services.insert(name.clone(), svc);
                 }
                 2 => {
                     services.remove(&name);
@@ -325,10 +411,8 @@ mod tests {
                     let ips: Vec<String> = (0..rng.below(4))
                         .map(|i| format!("10.244.{n}.{}", i + 10 * part))
                         .collect();
-                    slices.insert(
-                        format!("{name}-{part}"),
-                        slice("ns", &name, &format!("{name}-{part}"), &ips),
-                    );
+                    let slice_name = format!("{name}-{part}");
+                    slices.insert(slice_name.clone(), slice("ns", &name, &slice_name, &ips));
                 }
                 _ => {
                     if rng.below(4) == 0 {
@@ -343,13 +427,16 @@ mod tests {
                 }
             }
             let svcs: Vec<Arc<Service>> = services.values().cloned().collect();
-            // The inputs come in another order each time, as a store's do.
-            let mut sl: Vec<Arc<EndpointSlice>> = slices.values().cloned().collect();
-            let turn = round % sl.len().max(1);
-            sl.rotate_left(turn);
-            let index = SliceIndex::new(&sl);
-            let update = state.update(&svcs, &index, &node(node_ip));
-            let scratch = model::desired(&svcs, &index, &node(node_ip));
+            let sl: Vec<Arc<EndpointSlice>> = slices.values().cloned().collect();
+            let objects = Listed::new(svcs.clone(), &sl);
+            // Told what changed (as a watch does), or that anything may have.
+            let changed = if rng.below(5) == 0 {
+                Changed::Everything
+            } else {
+                Changed::Only(BTreeSet::from([("ns".to_string(), name)]))
+            };
+            let update = state.update(&changed, &objects, &node(node_ip));
+            let scratch = model::desired(&svcs, &SliceIndex::new(&sl), &node(node_ip));
             assert_eq!(state.desired(), &scratch, "round {round}");
             for fe in before.keys().chain(scratch.keys()) {
                 if before.get(fe) != scratch.get(fe) {
@@ -359,8 +446,7 @@ mod tests {
                     );
                 }
             }
-            let problems: Vec<Problem> = state.problems().cloned().collect();
-            assert!(problems.is_empty(), "{problems:?}");
+            assert_eq!(state.problems().count(), 0);
             before = scratch;
         }
     }
@@ -380,17 +466,27 @@ mod tests {
                 )
             })
             .collect();
+        let node_a = node("192.0.2.1");
         let mut state = DesiredState::new();
-        let first = state.update(&svcs, &SliceIndex::new(&slices), &node("192.0.2.1"));
+        let first = state.update(
+            &Changed::Everything,
+            &Listed::new(svcs.clone(), &slices),
+            &node_a,
+        );
         assert_eq!((first.recomputed, first.changed.len()), (100, 100));
 
-        // Nothing new: nothing computed, nothing to write.
-        let again = state.update(&svcs, &SliceIndex::new(&slices), &node("192.0.2.1"));
-        assert_eq!(again, Update::default());
+        // Nothing new: nothing computed, nothing to write, even when told
+        // that anything may have changed.
+        let objects = Listed::new(svcs.clone(), &slices);
+        assert_eq!(
+            state.update(&Changed::Everything, &objects, &node_a),
+            Update::default()
+        );
         // Equal copies (a manifest source reads afresh) count as unchanged.
         let copies: Vec<Arc<Service>> = svcs.iter().map(|s| Arc::new((**s).clone())).collect();
+        let objects = Listed::new(copies, &slices);
         assert_eq!(
-            state.update(&copies, &SliceIndex::new(&slices), &node("192.0.2.1")),
+            state.update(&Changed::Everything, &objects, &node_a),
             Update::default()
         );
 
@@ -401,7 +497,9 @@ mod tests {
             "s42-0",
             &["10.244.1.42".into(), "10.244.2.42".into()],
         );
-        let one = state.update(&svcs, &SliceIndex::new(&slices), &node("192.0.2.1"));
+        let objects = Listed::new(svcs.clone(), &slices);
+        let s42 = Changed::Only(BTreeSet::from([("ns".to_string(), "s42".to_string())]));
+        let one = state.update(&s42, &objects, &node_a);
         let fe = Frontend {
             addr: "10.96.1.42:80".parse().unwrap(),
             proto: crate::dataplane::Protocol::Tcp,
@@ -409,8 +507,22 @@ mod tests {
         assert_eq!((one.recomputed, one.changed), (1, BTreeSet::from([fe])));
         assert_eq!(state.desired()[&fe].backends.len(), 2);
 
+        // The Service goes.
+        let gone: Vec<Arc<Service>> = svcs
+            .iter()
+            .filter(|s| !Arc::ptr_eq(s, &svcs[42]))
+            .cloned()
+            .collect();
+        let objects = Listed::new(gone, &slices);
+        let update = state.update(&s42, &objects, &node_a);
+        assert_eq!(
+            (update.recomputed, update.changed),
+            (0, BTreeSet::from([fe]))
+        );
+        assert!(!state.desired().contains_key(&fe));
+
         // Another node: everything again.
-        let moved = state.update(&svcs, &SliceIndex::new(&slices), &node("192.0.2.9"));
-        assert_eq!(moved.recomputed, 100);
+        let moved = state.update(&Changed::none(), &objects, &node("192.0.2.9"));
+        assert_eq!(moved.recomputed, 99);
     }
 }

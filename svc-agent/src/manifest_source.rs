@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::{
     agent::Inputs,
     apiserver::{self, Allocations, ServiceNetwork},
+    desired_state::{Changed, Listed},
     endpoints, manifests,
     model::Problem,
 };
@@ -89,9 +90,12 @@ impl ManifestSource {
         }
         let mut slices = endpoints::endpoint_slices(&admission.admitted, &objects.pods);
         slices.extend(objects.endpoint_slices);
+        let services = admission.admitted.into_iter().map(Arc::new).collect();
+        let slices: Vec<_> = slices.into_iter().map(Arc::new).collect();
         Inputs {
-            services: admission.admitted.into_iter().map(Arc::new).collect(),
-            slices: slices.into_iter().map(Arc::new).collect(),
+            // Each read is whole: what did not change is found equal.
+            changed: Changed::Everything,
+            objects: Arc::new(Listed::new(services, &slices)),
             node: None,
             problems: admission
                 .rejections

@@ -597,8 +597,7 @@ fn local_set(found: &[Found]) -> Vec<Endpoint> {
 }
 
 /// Ready endpoints per service port (both families), for the CLI.
-pub fn port_endpoints(svc: &Service, index: &SliceIndex) -> Vec<PortEndpoints> {
-    let own = index.of(svc);
+pub fn port_endpoints(svc: &Service, own: &[&Arc<EndpointSlice>]) -> Vec<PortEndpoints> {
     svc.spec
         .iter()
         .flat_map(|s| s.ports.iter().flatten())
@@ -1159,8 +1158,8 @@ mod tests {
 
     #[test]
     fn port_endpoints_lists_ready_addresses_per_port() {
-        let slices = web_slices();
-        let pe = port_endpoints(&web(), &SliceIndex::new(&arcs(&slices)));
+        let slices = arcs(&web_slices());
+        let pe = port_endpoints(&web(), SliceIndex::new(&slices).of(&web()));
         assert_eq!(pe.len(), 2);
         assert_eq!(pe[0].port_name, "http");
         let got: Vec<String> = pe[0].addresses.iter().map(|a| a.to_string()).collect();

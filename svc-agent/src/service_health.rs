@@ -42,7 +42,7 @@ use tokio::{
     task::{JoinHandle, JoinSet},
 };
 
-use crate::model::{SliceIndex, is_proxied};
+use crate::model::is_proxied;
 
 /// Where kube-proxy reports the local endpoint count as a weight (Google
 /// Cloud's weighted load balancing reads it).
@@ -97,33 +97,10 @@ impl ServiceHealth {
 /// Two Services claiming one port (the API server's allocator prevents
 /// it; manifests may not) leave it to the first by namespace and name.
 pub fn health_check_ports(
-    services: &[Arc<Service>],
-    index: &SliceIndex,
-    node_name: &str,
+    checks: impl IntoIterator<Item = (u16, ServiceHealth)>,
 ) -> BTreeMap<u16, ServiceHealth> {
     let mut out: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
-    for svc in services.iter().filter(|s| is_proxied(s)) {
-        let Some(port) = health_check_node_port(svc) else {
-            continue;
-        };
-        let (v4, v6) = local_ready_endpoints(index.of(svc), node_name);
-        let (local_ipv4, local_ipv6) = match cluster_ip_families(svc) {
-            (true, true) => (v4, v6),
-            (true, false) => (v4, v4),
-            (false, true) => (v6, v6),
-            // No cluster IP: kube-proxy serves it in neither family.
-            (false, false) => continue,
-        };
-        let health = ServiceHealth {
-            namespace: svc
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            name: svc.metadata.name.clone().unwrap_or_default(),
-            local_ipv4,
-            local_ipv6,
-        };
+    for (port, health) in checks {
         match out.entry(port) {
             Entry::Vacant(e) => {
                 e.insert(health);
@@ -137,6 +114,38 @@ pub fn health_check_ports(
         }
     }
     out
+}
+
+/// One Service's health check port and what it reports, given its own
+/// slices, if it has one (see `health_check_ports`).
+pub fn health_check(
+    svc: &Service,
+    own_slices: &[&Arc<EndpointSlice>],
+    node_name: &str,
+) -> Option<(u16, ServiceHealth)> {
+    if !is_proxied(svc) {
+        return None;
+    }
+    let port = health_check_node_port(svc)?;
+    let (v4, v6) = local_ready_endpoints(own_slices, node_name);
+    let (local_ipv4, local_ipv6) = match cluster_ip_families(svc) {
+        (true, true) => (v4, v6),
+        (true, false) => (v4, v4),
+        (false, true) => (v6, v6),
+        // No cluster IP: kube-proxy serves it in neither family.
+        (false, false) => return None,
+    };
+    let health = ServiceHealth {
+        namespace: svc
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: svc.metadata.name.clone().unwrap_or_default(),
+        local_ipv4,
+        local_ipv6,
+    };
+    Some((port, health))
 }
 
 /// The port kube-proxy would serve for the Service: LoadBalancer with
@@ -458,6 +467,7 @@ fn respond(shared: &Mutex<Shared>, port: u16, probe: Family) -> Response<Full<By
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::SliceIndex;
 
     /// `health_check_ports` of plain objects.
     fn ports(
@@ -467,7 +477,12 @@ mod tests {
     ) -> BTreeMap<u16, ServiceHealth> {
         let services: Vec<Arc<Service>> = services.iter().cloned().map(Arc::new).collect();
         let slices: Vec<Arc<EndpointSlice>> = slices.iter().cloned().map(Arc::new).collect();
-        health_check_ports(&services, &SliceIndex::new(&slices), node_name)
+        let index = SliceIndex::new(&slices);
+        health_check_ports(
+            services
+                .iter()
+                .filter_map(|s| health_check(s, index.of(s), node_name)),
+        )
     }
     use serde_json::json;
 
