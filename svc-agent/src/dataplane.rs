@@ -38,6 +38,7 @@ use svc_common::{
 
 use crate::{
     maglev::{LoadBalancing, TableSize},
+    map_batch,
     reconcile::Programmed,
 };
 
@@ -117,6 +118,18 @@ pub struct Settings {
     pub flags: u16,
     /// sessionAffinity ClientIP's timeoutSeconds (with the AFFINITY flag).
     pub affinity_timeout_s: u32,
+}
+
+/// A frontend for `Dataplane::add_services`: what `set_service` takes.
+#[derive(Clone, Copy, Debug)]
+pub struct NewService<'a> {
+    pub frontend: Frontend,
+    pub service_id: u32,
+    pub settings: Settings,
+    /// Ids of existing backends, slot 1 first.
+    pub backend_ids: &'a [u32],
+    /// `maglev::table` of the backends, or none (see `set_service`).
+    pub maglev: Option<&'a [u16]>,
 }
 
 /// Where clients send: a service IP, port and protocol.
@@ -385,7 +398,7 @@ impl Dataplane {
 
     /// Every conntrack entry.
     pub fn conntrack(&self) -> Result<Vec<(FlowKey, NatEntry)>> {
-        Ok(self.conntrack.iter().collect::<Result<_, _>>()?)
+        Ok(map_batch::entries(&self.conntrack)?)
     }
 
     /// Sets how long conntrack entries live (see `CtTimeouts`; all zero,
@@ -403,13 +416,9 @@ impl Dataplane {
         let entries: std::collections::HashMap<FlowKey, NatEntry> =
             self.conntrack()?.into_iter().collect();
         let stale = crate::conntrack::expired(&entries, &timeouts, now_s);
-        let mut deleted = 0;
-        for key in &stale {
-            // Gone already (LRU eviction, the kernel replacing it): fine.
-            if self.conntrack.remove(key).is_ok() {
-                deleted += 1;
-            }
-        }
+        // Those gone already (LRU eviction, the kernel replacing them)
+        // are skipped.
+        let deleted = map_batch::delete(&mut self.conntrack, &stale)?;
         Ok((entries.len(), deleted))
     }
 
@@ -433,10 +442,8 @@ impl Dataplane {
             self.load_balancing = lb;
             return Ok(());
         }
-        let stale: Vec<MaglevKey> = self.maglev.keys().filter_map(|k| k.ok()).collect();
-        for key in stale {
-            ignore_missing(self.maglev.remove(&key))?;
-        }
+        let stale = map_batch::keys(&self.maglev)?;
+        map_batch::delete(&mut self.maglev, &stale)?;
         let config = MaglevConfig {
             table_size: size,
             _pad: 0,
@@ -453,8 +460,7 @@ impl Dataplane {
     /// Rebuilds `NODE_PORTS` from the NodePort frontends `SERVICES` holds
     /// (an adopted map's, or none), so it never names a stale one.
     fn with_node_ports_rebuilt(mut self) -> Result<Self> {
-        for entry in self.services.iter() {
-            let (key, value) = entry?;
+        for (key, value) in map_batch::entries(&self.services)? {
             if key.slot == 0 && value.flags & service_flags::NODE_PORT != 0 {
                 self.node_port_addrs
                     .entry(node_port_key(key.port, key.proto))
@@ -763,6 +769,19 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Creates or updates many backends at once (one batch: `set_backend`
+    /// for each, in far fewer syscalls). Ids are never 0; none is written
+    /// if one is. On error (the map full) the first ones may be written.
+    pub fn set_backends(&mut self, backends: &[(u32, Endpoint)]) -> Result<()> {
+        if backends.iter().any(|(id, _)| *id == 0) {
+            bail!("backend id 0 is reserved");
+        }
+        let ids: Vec<u32> = backends.iter().map(|(id, _)| *id).collect();
+        let values: Vec<Backend> = backends.iter().map(|(_, ep)| backend_value(*ep)).collect();
+        map_batch::update(&mut self.backends, &ids, &values).context("writing backends")?;
+        Ok(())
+    }
+
     /// Adds and removes source ranges of service `service_id`.
     pub fn set_source_ranges(
         &mut self,
@@ -807,21 +826,7 @@ impl Dataplane {
         backend_ids: &[u32],
         maglev: Option<&[u16]>,
     ) -> Result<()> {
-        if service_id >= self.capacity.frontends {
-            bail!(
-                "service id {service_id} out of range (--max-frontends {})",
-                self.capacity.frontends
-            );
-        }
-        let count = u16::try_from(backend_ids.len()).map_err(|_| {
-            anyhow!(
-                "{} backends is more than a service can have",
-                backend_ids.len()
-            )
-        })?;
-        if let Some(table) = maglev {
-            self.check_maglev(table, count)?;
-        }
+        let count = self.check_service(service_id, backend_ids, maglev)?;
         let old_head = self.head(frontend)?;
         let old_count = old_head.map_or(0, |h| h.backend_count);
         // Connected UDP sockets are pinned to a backend for life: those of
@@ -889,6 +894,127 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Programs many frontends that are not in the map yet (a cold start)
+    /// in three batches instead of per key: every backend slot of all of
+    /// them, then their Maglev tables, then their slot 0s, so no packet
+    /// ever sees a head counting slots (or a table) not yet written.
+    /// Validation, table fallback and node-port bookkeeping are those of
+    /// `set_service`.
+    ///
+    /// The caller guarantees what `set_service` would otherwise look up:
+    /// * no frontend given has any `SERVICES` entry (no slot 0, no slots),
+    ///   e.g. `dump` showed none and nothing programmed them since: an
+    ///   existing frontend's slots beyond the new count, its old table and
+    ///   its connected UDP sockets would not be cleaned up;
+    /// * the frontends are distinct (checked), and so are their service
+    ///   ids (checked), which no other frontend's table uses;
+    /// * the backends they name exist (e.g. written by `set_backends`).
+    ///
+    /// On error, some of the frontends may be partly programmed (slots and
+    /// tables without a head, or a head for the first ones): the caller
+    /// then programs each of them again with `set_service`, which finishes
+    /// whatever this left.
+    pub fn add_services(&mut self, services: &[NewService<'_>]) -> Result<()> {
+        let mut frontends = BTreeSet::new();
+        let mut ids = BTreeSet::new();
+        for s in services {
+            if !frontends.insert(s.frontend) {
+                bail!("{} {:?} given twice", s.frontend.addr, s.frontend.proto);
+            }
+            if !ids.insert(s.service_id) {
+                bail!("service id {} given twice", s.service_id);
+            }
+            self.check_service(s.service_id, s.backend_ids, s.maglev)?;
+        }
+        // The backend slots of all of them.
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for s in services {
+            for (slot, &backend_id) in (1..).zip(s.backend_ids) {
+                keys.push(s.frontend.key(slot));
+                values.push(ServiceValue {
+                    backend_id,
+                    service_id: s.service_id,
+                    ..ServiceValue::default()
+                });
+            }
+        }
+        map_batch::update(&mut self.services, &keys, &values).context("writing backend slots")?;
+        let with_table = self.write_maglev_batch(services)?;
+        // Then the heads.
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for (s, &table) in services.iter().zip(&with_table) {
+            let mut flags = s.settings.flags & !service_flags::MAGLEV;
+            if table {
+                flags |= service_flags::MAGLEV;
+            }
+            keys.push(s.frontend.key(0));
+            values.push(ServiceValue {
+                service_id: s.service_id,
+                backend_count: s.backend_ids.len() as u16,
+                flags,
+                affinity_timeout_s: s.settings.affinity_timeout_s,
+                ..ServiceValue::default()
+            });
+        }
+        let written = map_batch::update(&mut self.services, &keys, &values);
+        let heads = written
+            .as_ref()
+            .map_or_else(|e| e.written, |()| services.len());
+        for s in &services[..heads] {
+            let node_port = s.settings.flags & service_flags::NODE_PORT != 0;
+            self.note_node_port(&s.frontend, node_port)?;
+        }
+        written.context("writing frontends")?;
+        Ok(())
+    }
+
+    /// Writes the tables of those of `services` that have one, in one
+    /// batch; returns which of them have their table whole. A full
+    /// `MAGLEV` map leaves the rest without (on the modulo, as
+    /// `set_service` does) and the one it stopped in is deleted.
+    fn write_maglev_batch(&mut self, services: &[NewService<'_>]) -> Result<Vec<bool>> {
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        // Where each service's chunks end in the batch.
+        let mut ends = Vec::with_capacity(services.len());
+        for s in services {
+            for (chunk, entries) in
+                (0..).zip(s.maglev.unwrap_or_default().chunks(MAGLEV_CHUNK_SLOTS))
+            {
+                let mut value = MaglevChunk {
+                    slots: [0; MAGLEV_CHUNK_SLOTS],
+                };
+                value.slots[..entries.len()].copy_from_slice(entries);
+                keys.push(MaglevKey {
+                    service_id: s.service_id,
+                    chunk,
+                });
+                values.push(value);
+            }
+            ends.push(keys.len());
+        }
+        let written = match map_batch::update(&mut self.maglev, &keys, &values) {
+            Ok(()) => keys.len(),
+            Err(e) => {
+                log::warn!(
+                    "{} frontends without a Maglev table, new flows hashed modulo the backend count: {e} (is the MAGLEV map full?)",
+                    ends.iter().filter(|&&end| end > e.written).count()
+                );
+                // The chunks of a table only partly written.
+                let start = ends.iter().rev().find(|&&end| end <= e.written);
+                map_batch::delete(
+                    &mut self.maglev,
+                    &keys[start.copied().unwrap_or(0)..e.written],
+                )?;
+                e.written
+            }
+        };
+        Ok(services
+            .iter()
+            .zip(&ends)
+            .map(|(s, &end)| s.maglev.is_some() && end <= written)
+            .collect())
+    }
+
     /// Removes `frontend`: slot 0 first, so no packet is sent to a slot
     /// (or table) that is about to go.
     pub fn remove_service(&mut self, frontend: &Frontend) -> Result<()> {
@@ -914,6 +1040,32 @@ impl Dataplane {
             self.terminate_udp(head.service_id, &backends);
         }
         Ok(())
+    }
+
+    /// Checks what `set_service` and `add_services` are given; returns
+    /// the backend count.
+    fn check_service(
+        &self,
+        service_id: u32,
+        backend_ids: &[u32],
+        maglev: Option<&[u16]>,
+    ) -> Result<u16> {
+        if service_id >= self.capacity.frontends {
+            bail!(
+                "service id {service_id} out of range (--max-frontends {})",
+                self.capacity.frontends
+            );
+        }
+        let count = u16::try_from(backend_ids.len()).map_err(|_| {
+            anyhow!(
+                "{} backends is more than a service can have",
+                backend_ids.len()
+            )
+        })?;
+        if let Some(table) = maglev {
+            self.check_maglev(table, count)?;
+        }
+        Ok(count)
     }
 
     /// The configured table size in entries (0: no tables).
@@ -963,10 +1115,8 @@ impl Dataplane {
     /// Forgets every flow, so the next packet of each is balanced afresh as
     /// a new flow (the packet-level tests measure where new flows go).
     pub fn clear_conntrack(&mut self) -> Result<usize> {
-        let keys: Vec<FlowKey> = self.conntrack.keys().filter_map(|k| k.ok()).collect();
-        for key in &keys {
-            ignore_missing(self.conntrack.remove(key))?;
-        }
+        let keys = map_batch::keys(&self.conntrack)?;
+        map_batch::delete(&mut self.conntrack, &keys)?;
         Ok(keys.len())
     }
 
@@ -1115,7 +1265,7 @@ pub fn conntrack_pinned(pins: &Pins) -> Result<Vec<(FlowKey, NatEntry)>> {
     let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let conntrack: HashMap<MapData, FlowKey, NatEntry> =
         HashMap::try_from(aya::maps::Map::LruHashMap(map))?;
-    Ok(conntrack.iter().collect::<Result<_, _>>()?)
+    Ok(map_batch::entries(&conntrack)?)
 }
 
 fn dump(
@@ -1126,8 +1276,7 @@ fn dump(
     table_size: usize,
 ) -> Result<MapContents> {
     let mut backends = BTreeMap::new();
-    for entry in backends_map.iter() {
-        let (id, b) = entry?;
+    for (id, b) in map_batch::entries(backends_map)? {
         let ep = Endpoint {
             addr: SocketAddr::new(unmap_addr(b.addr), u16::from_be(b.port)),
             local: b.flags & backend_flags::LOCAL != 0,
@@ -1155,16 +1304,14 @@ fn dump(
     // the reconciler writes it (again).
     let chunks = maglev_chunks(table_size);
     let mut tables: BTreeMap<u32, u32> = BTreeMap::new();
-    for key in maglev.keys() {
-        let key = key?;
-        if key.chunk < chunks {
+    map_batch::visit(maglev, |keys, _| {
+        for key in keys.iter().filter(|k| k.chunk < chunks) {
             *tables.entry(key.service_id).or_default() += 1;
         }
-    }
+    })?;
     let mut heads = BTreeMap::new();
     let mut slots: BTreeMap<Frontend, BTreeMap<u16, u32>> = BTreeMap::new();
-    for entry in services.iter() {
-        let (key, value) = entry?;
+    for (key, value) in map_batch::entries(services)? {
         let fe = Frontend {
             addr: SocketAddr::new(unmap_addr(key.addr), u16::from_be(key.port)),
             proto: Protocol::try_from(key.proto)?,

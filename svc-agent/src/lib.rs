@@ -13,6 +13,7 @@ pub mod kubectl;
 pub mod maglev;
 pub mod manifest_source;
 pub mod manifests;
+pub mod map_batch;
 pub mod metrics;
 pub mod model;
 pub mod netif;

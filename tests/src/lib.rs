@@ -9,6 +9,7 @@
 //! no program is attached to any of its interfaces.
 pub mod apiserver_standin;
 pub mod bench;
+pub mod bpffs;
 pub mod cgroup;
 pub mod cluster;
 pub mod fabric;

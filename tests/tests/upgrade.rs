@@ -1,36 +1,11 @@
 //! An agent of another version left pinned maps behind: the ones whose
 //! layout this version changed are recreated, the others adopted with
 //! their content, and the load never fails on them.
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
 use aya::maps::MapInfo;
 use svc_agent::dataplane::{Dataplane, Pins};
-use tests::netns::{self, sh};
-
-/// A private bpffs, unmounted (also on interrupt) when dropped.
-struct Bpffs {
-    dir: PathBuf,
-    cleanup: u32,
-}
-
-impl Bpffs {
-    fn new(tag: &str) -> Self {
-        let dir = PathBuf::from(format!("/run/svc-sandbox/{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        sh(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir))
-            .expect("mounting bpffs (needs root)");
-        let cleanup = netns::on_interrupt(&["umount", "-l", dir.to_str().unwrap()]);
-        Self { dir, cleanup }
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
-        netns::forget(self.cleanup);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use tests::{bpffs::Bpffs, netns::sh};
 
 fn map_id(pins: &Pins, name: &str) -> u32 {
     MapInfo::from_pin(pins.maps_dir().join(name)).unwrap().id()
@@ -38,10 +13,8 @@ fn map_id(pins: &Pins, name: &str) -> u32 {
 
 #[test]
 fn pinned_maps_of_another_layout_are_recreated_and_the_rest_adopted() {
-    let fs = Bpffs::new("upgrade");
-    let pins = Pins {
-        dir: fs.dir.join("svc-agent"),
-    };
+    let fs = Bpffs::new("upgrade").unwrap();
+    let pins = fs.pins("svc-agent");
     drop(Dataplane::load_pinned(&pins, Default::default()).unwrap());
     let services = map_id(&pins, svc_common::SERVICES_MAP);
     let conntrack = map_id(&pins, svc_common::CONNTRACK_MAP);

@@ -37,7 +37,7 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Only these parts: program-cost, datapath, control-plane, costs,
-        /// throughput, nodeport, latency, cold-start.
+        /// throughput, nodeport, latency, cold-start, map-batch.
         parts: Vec<String>,
     },
     /// The article's example Services, served by the agent in a sandbox.

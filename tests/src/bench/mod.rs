@@ -10,12 +10,14 @@
 //!   forwarding parts);
 //! * `control_plane`: the real agent's cold start and change latency, next
 //!   to loading the equivalent kube-proxy rulesets;
-//! * `kube_proxy_rules`: those rulesets, rendered as kube-proxy writes them.
+//! * `kube_proxy_rules`: those rulesets, rendered as kube-proxy writes them;
+//! * `map_batch`: the agent's map writes and reads per key against batched.
 //!
 //! Nothing here asserts a time: it measures and reports.
 pub mod control_plane;
 pub mod datapath;
 pub mod kube_proxy_rules;
+pub mod map_batch;
 pub mod plot;
 pub mod program_cost;
 pub mod report;

@@ -138,7 +138,7 @@ impl Report {
         md.push_str(
             "    cargo xtask bench program-cost    # one part (others: datapath, control-plane,\n",
         );
-        md.push_str("                                      #   costs, throughput, nodeport, latency, cold-start)\n");
+        md.push_str("                                      #   costs, throughput, nodeport, latency, cold-start, map-batch)\n");
         md.push_str("    cargo xtask bench --quick datapath\n\n");
         md.push_str("## Summary\n\n");
         md.push_str(&self.summary_table());

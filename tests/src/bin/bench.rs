@@ -6,16 +6,18 @@
 //!
 //! Parts: program-cost, datapath, control-plane (kube-proxy's iptables
 //! and nftables modes side by side) and the older costs, throughput,
-//! nodeport, latency, cold-start. With no names, all of them (with
+//! nodeport, latency, cold-start, and map-batch (per-key against batched
+//! map operations). With no names, all of them (with
 //! `--quick`, the first three, shortened).
 use anyhow::{Result, bail};
 use tests::bench::{
-    Ctx, control_plane, datapath, load_average, machine, program_cost, report, tool_version,
+    Ctx, control_plane, datapath, load_average, machine, map_batch, program_cost, report,
+    tool_version,
 };
 
 type Part = fn(&mut Ctx) -> Result<()>;
 
-const PARTS: [(&str, Part); 8] = [
+const PARTS: [(&str, Part); 9] = [
     ("program-cost", program_cost::program_cost),
     ("datapath", datapath::datapath),
     ("control-plane", control_plane::control_plane),
@@ -24,6 +26,7 @@ const PARTS: [(&str, Part); 8] = [
     ("nodeport", datapath::nodeport_forwarding),
     ("latency", control_plane::change_latency),
     ("cold-start", control_plane::cold_start),
+    ("map-batch", map_batch::map_batch),
 ];
 
 /// What `--quick` runs when no part is named.
