@@ -20,3 +20,9 @@ pub mod netif;
 pub mod reconcile;
 pub mod service_health;
 pub mod view;
+
+/// The benchmarks' calibration programs (`svc-ebpf/src/bin/calibration.rs`):
+/// the empty programs plus one conntrack-shaped map lookup. Never loaded
+/// by the agent.
+pub static CALIBRATION_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/calibration"));

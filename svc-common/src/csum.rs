@@ -63,6 +63,13 @@ impl Diff {
         Self(self.0 + other.0)
     }
 
+    /// The difference as a 32-bit one's-complement sum (folded), what the
+    /// kernel's checksum helpers take as a precomputed difference.
+    #[inline(always)]
+    pub const fn value(self) -> u32 {
+        fold(self.0) as u32
+    }
+
     /// Applies the difference to a full checksum field (RFC 1624 eqn. 3).
     #[inline(always)]
     pub const fn apply_full(self, check: u16) -> u16 {

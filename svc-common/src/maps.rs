@@ -71,7 +71,11 @@ pub struct ServiceKey {
     /// 0 for the service entry, `1..=backend_count` for its backends.
     pub slot: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Three bytes of padding as a byte and a word: the kernel program then
+    // zeroes them with two stores, where a 3-byte array became a call to a
+    // byte-by-byte memset (a subprogram call) on every packet.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 
 impl ServiceKey {
@@ -81,7 +85,8 @@ impl ServiceKey {
             port: port_be,
             slot,
             proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         }
     }
 }

@@ -107,7 +107,6 @@ fn to_backend(
     origin: Origin,
     rw: &mut Rewrite,
 ) -> Verdict {
-    let frontend = ServiceKey::new(flow.dst, flow.dst_port, flow.proto, 0);
     let service_id = svc.service_id;
     if svc.flags & service_flags::SOURCE_RANGES != 0 && !source_allowed(service_id, &flow.src) {
         count_drop(DropReason::SourceRangeDenied);
@@ -139,6 +138,7 @@ fn to_backend(
         count_drop(DropReason::NoBackend);
         return Verdict::Drop;
     }
+    let frontend = ServiceKey::new(flow.dst, flow.dst_port, flow.proto, 0);
     let backend_id = choose_backend(flow, &frontend, svc);
     if backend_id == 0 {
         count_drop(DropReason::MissingBackend);

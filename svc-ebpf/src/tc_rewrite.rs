@@ -2,16 +2,17 @@
 //! state (`CHECKSUM_PARTIAL` from local sockets is the common case on pod
 //! veths), so the L4 checksum is always updated through
 //! `bpf_l4_csum_replace`, with `BPF_F_PSEUDO_HDR` for the address change.
+use core::ptr::{read_unaligned, write_unaligned};
+
 use aya_ebpf::{
     bindings::{BPF_F_IPV6, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::bpf_csum_diff,
     programs::TcContext,
 };
-use svc_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP};
+use svc_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_UDP, csum::Diff};
 
 use crate::{
     lb::Rewrite,
-    packet::{self, ETH_P_IP, ETH_P_IPV6, Flow, words},
+    packet::{self, ETH_P_IP, ETH_P_IPV6, Flow, v4_part},
 };
 
 /// Enough bytes for Ethernet, a VLAN tag, IPv4 with options and TCP.
@@ -59,79 +60,85 @@ pub fn maybe_icmp(ctx: &TcContext) -> bool {
 
 // A BPF subprogram of its own: its locals get their own frame instead of
 // adding to the caller's (the whole chain must fit in 512 bytes).
+///
+/// Addresses, ports and the IPv4 header checksum are written straight into
+/// the packet (`parse` made the headers linear; the verifier unclones a
+/// cloned skb before a program that writes). Only the L4 checksum goes
+/// through `bpf_l4_csum_replace`, which keeps the skb's checksum state
+/// right: at most two calls, one for the addresses (pseudo-header) and one
+/// for the ports, each with the summed difference.
 #[inline(never)]
 pub fn apply(ctx: &TcContext, flow: &Flow, rw: &Rewrite) -> Result<(), ()> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let mut addr_diff = Diff::new();
+    if rw.src != flow.src {
+        addr_diff = addr_diff.add(rewrite_addr(data, end, flow, false, &rw.src)?);
+    }
+    if rw.dst != flow.dst {
+        addr_diff = addr_diff.add(rewrite_addr(data, end, flow, true, &rw.dst)?);
+    }
+    let mut port_diff = Diff::new();
+    let mut ports_changed = false;
+    for (dst, old, new) in [
+        (false, flow.src_port, rw.src_port),
+        (true, flow.dst_port, rw.dst_port),
+    ] {
+        if old != new {
+            let port: *mut u16 = packet::ptr_at(data, end, flow.port_off(dst)).ok_or(())?;
+            // SAFETY: ptr_at checked the bounds.
+            unsafe { write_unaligned(port, new) };
+            port_diff = port_diff.word(old, new);
+            ports_changed = true;
+        }
+    }
+    // Packet pointers are stale from here on (the helper may move data).
     // For UDP: leave a zero checksum alone and never produce one.
     let mangled = if flow.proto == PROTO_UDP {
         u64::from(BPF_F_MARK_MANGLED_0)
     } else {
         0
     };
-    if rw.src != flow.src {
-        rewrite_addr(ctx, flow, false, &flow.src, &rw.src, mangled)?;
-    }
-    if rw.dst != flow.dst {
-        rewrite_addr(ctx, flow, true, &flow.dst, &rw.dst, mangled)?;
-    }
-    for (dst, old, new) in [
-        (false, flow.src_port, rw.src_port),
-        (true, flow.dst_port, rw.dst_port),
-    ] {
-        if old != new {
-            ctx.l4_csum_replace(
-                flow.l4_csum_off(),
-                u64::from(old),
-                u64::from(new),
-                mangled | 2,
-            )
+    if rw.src != flow.src || rw.dst != flow.dst {
+        // Size 0: `to` is a precomputed difference. BPF_F_IPV6 keeps a
+        // CHECKSUM_COMPLETE skb->csum right for IPv6 (kernel >= 6.16).
+        let v6 = if flow.is_v6 { BPF_F_IPV6 } else { 0 };
+        let flags = u64::from(BPF_F_PSEUDO_HDR | v6) | mangled;
+        ctx.l4_csum_replace(flow.l4_csum_off(), 0, u64::from(addr_diff.value()), flags)
             .map_err(|_| ())?;
-            ctx.store(flow.port_off(dst), &new, 0).map_err(|_| ())?;
-        }
+    }
+    if ports_changed {
+        ctx.l4_csum_replace(flow.l4_csum_off(), 0, u64::from(port_diff.value()), mangled)
+            .map_err(|_| ())?;
     }
     Ok(())
 }
 
-/// Rewrites the source (`dst == false`) or destination address, with the
-/// IPv4 header checksum and the L4 checksum's pseudo-header part.
+/// Writes the source (`dst == false`) or destination address, and for
+/// IPv4 updates the header checksum; returns the change, for the L4
+/// checksum's pseudo-header part.
 #[inline(always)]
 fn rewrite_addr(
-    ctx: &TcContext,
+    data: usize,
+    end: usize,
     flow: &Flow,
     dst: bool,
-    old: &[u8; 16],
     new: &[u8; 16],
-    mangled: u64,
-) -> Result<(), ()> {
-    let csum_off = flow.l4_csum_off();
-    let addr_off = flow.addr_off(dst);
+) -> Result<Diff, ()> {
+    let old = if dst { &flow.dst } else { &flow.src };
     if flow.is_v6 {
-        let mut from = words(old);
-        let mut to = words(new);
-        // SAFETY: both buffers are 16 bytes on the stack.
-        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
-        if diff < 0 {
-            return Err(());
-        }
-        // Size 0: `to` is a precomputed difference. BPF_F_IPV6 keeps a
-        // CHECKSUM_COMPLETE skb->csum right for IPv6 (kernel >= 6.16).
-        let flags = u64::from(BPF_F_PSEUDO_HDR | BPF_F_IPV6) | mangled;
-        ctx.l4_csum_replace(csum_off, 0, diff as u64, flags)
-            .map_err(|_| ())?;
-        ctx.store(addr_off, new, 0).map_err(|_| ())?;
+        let addr: *mut [u8; 16] = packet::ptr_at(data, end, flow.addr_off(dst)).ok_or(())?;
+        // SAFETY: ptr_at checked the bounds.
+        unsafe { write_unaligned(addr, *new) };
+        Ok(Diff::new().bytes(old, new))
     } else {
-        let from = u64::from(words(old)[3]);
-        let to = u64::from(words(new)[3]);
-        ctx.l3_csum_replace(flow.l3_off + 10, from, to, 4)
-            .map_err(|_| ())?;
-        ctx.l4_csum_replace(
-            csum_off,
-            from,
-            to,
-            u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
-        )
-        .map_err(|_| ())?;
-        let v4: [u8; 4] = [new[12], new[13], new[14], new[15]];
-        ctx.store(addr_off, &v4, 0).map_err(|_| ())?;
+        let addr: *mut [u8; 4] = packet::ptr_at(data, end, flow.addr_off(dst)).ok_or(())?;
+        let ip_csum: *mut u16 = packet::ptr_at(data, end, flow.l3_off + 10).ok_or(())?;
+        let diff = Diff::new().bytes(&v4_part(old), &v4_part(new));
+        // SAFETY: ptr_at checked the bounds.
+        unsafe {
+            write_unaligned(addr, v4_part(new));
+            write_unaligned(ip_csum, diff.apply_full(read_unaligned(ip_csum)));
+        }
+        Ok(diff)
     }
-    Ok(())
 }

@@ -12,7 +12,10 @@ use aya::{
     Ebpf, TestRun as _, TestRunOptions,
     programs::{SchedClassifier, Xdp},
 };
-use svc_agent::dataplane::{BASELINE_OBJECT, Dataplane, Frontend, Protocol, Settings};
+use svc_agent::{
+    CALIBRATION_OBJECT,
+    dataplane::{BASELINE_OBJECT, Dataplane, Frontend, Protocol, Settings},
+};
 use svc_common::MAX_SERVICES;
 
 use super::{Ctx, Row, count_label, median, plot, report::table};
@@ -147,6 +150,23 @@ fn egress_costs(ctx: &mut Ctx, f: &mut Fixture, base: &mut Ebpf) -> Result<()> {
 
 /// One BPF_PROG_TEST_RUN of the empty program of `hook`'s type.
 pub fn baseline_run(base: &mut Ebpf, hook: Hook, pkt: &[u8], repeat: u32) -> Result<Duration> {
+    baseline_program_run(base, hook, "", pkt, repeat)
+}
+
+/// The same with one hit in a conntrack-shaped LRU hash map
+/// (`baseline_*_lookup` in `CALIBRATION_OBJECT`): what one map lookup of
+/// ours costs.
+pub fn lookup_run(cal: &mut Ebpf, hook: Hook, pkt: &[u8], repeat: u32) -> Result<Duration> {
+    baseline_program_run(cal, hook, "_lookup", pkt, repeat)
+}
+
+fn baseline_program_run(
+    base: &mut Ebpf,
+    hook: Hook,
+    suffix: &str,
+    pkt: &[u8],
+    repeat: u32,
+) -> Result<Duration> {
     let opts = TestRunOptions {
         data_in: Some(pkt),
         repeat,
@@ -154,20 +174,17 @@ pub fn baseline_run(base: &mut Ebpf, hook: Hook, pkt: &[u8], repeat: u32) -> Res
     };
     let result = match hook {
         Hook::Xdp => {
-            let p: &mut Xdp = base
-                .program_mut("baseline_xdp")
-                .context("baseline_xdp")?
-                .try_into()?;
+            let name = format!("baseline_xdp{suffix}");
+            let p: &mut Xdp = base.program_mut(&name).context(name.clone())?.try_into()?;
             if p.fd().is_err() {
                 p.load()?;
             }
             p.test_run(opts)?
         }
         Hook::Tc | Hook::TcEgress => {
-            let p: &mut SchedClassifier = base
-                .program_mut("baseline_tc")
-                .context("baseline_tc")?
-                .try_into()?;
+            let name = format!("baseline_tc{suffix}");
+            let p: &mut SchedClassifier =
+                base.program_mut(&name).context(name.clone())?.try_into()?;
             if p.fd().is_err() {
                 p.load()?;
             }
@@ -251,6 +268,8 @@ struct Costs {
     prog: [[Vec<f64>; 4]; 2],
     /// [hook][size]: the empty program, repeated like the established path.
     empty: [Vec<f64>; 2],
+    /// [hook][size]: the empty program plus one conntrack-shaped lookup.
+    lookup: [Vec<f64>; 2],
     /// [hook][size]: new flow's single-run median minus the established
     /// flow's single-run median (both repeat = 1), and the single-run
     /// medians themselves (new, established, empty).
@@ -269,9 +288,11 @@ pub fn program_cost(ctx: &mut Ctx) -> Result<()> {
         sizes.map(count_label)
     ));
     let mut base = Ebpf::load(BASELINE_OBJECT)?;
+    let mut cal = Ebpf::load(CALIBRATION_OBJECT)?;
     let mut c = Costs {
         prog: Default::default(),
         empty: Default::default(),
+        lookup: Default::default(),
         new_delta: Default::default(),
         singles: Default::default(),
     };
@@ -306,6 +327,7 @@ pub fn program_cost(ctx: &mut Ctx) -> Result<()> {
     // [size][hook][path] samples; [size][hook] empty samples.
     let mut samples = vec![[(); 2].map(|_| <[Vec<f64>; 4]>::default()); sizes.len()];
     let mut empty = vec![[Vec::new(), Vec::new()]; sizes.len()];
+    let mut lookup = vec![[Vec::new(), Vec::new()]; sizes.len()];
     for _ in 0..runs {
         for (si, f) in fixtures.iter_mut().enumerate() {
             for (hi, hook) in [Hook::Xdp, Hook::Tc].into_iter().enumerate() {
@@ -314,6 +336,7 @@ pub fn program_cost(ctx: &mut Ctx) -> Result<()> {
                 s[2].push(f.run_repeat(hook, &miss, repeat)?.2.as_nanos() as f64);
                 s[3].push(f.run_repeat(hook, &reply, repeat)?.2.as_nanos() as f64);
                 empty[si][hi].push(baseline_run(&mut base, hook, &est, repeat)?.as_nanos() as f64);
+                lookup[si][hi].push(lookup_run(&mut cal, hook, &est, repeat)?.as_nanos() as f64);
             }
         }
     }
@@ -361,6 +384,7 @@ pub fn program_cost(ctx: &mut Ctx) -> Result<()> {
                 c.prog[hi][p].push(median(v));
             }
             c.empty[hi].push(median(std::mem::take(&mut empty[si][hi])));
+            c.lookup[hi].push(median(std::mem::take(&mut lookup[si][hi])));
             c.new_delta[hi].push(n1 - e1);
             c.singles[hi].push((n1, e1, z1));
         }
@@ -382,6 +406,15 @@ pub fn program_cost(ctx: &mut Ctx) -> Result<()> {
         let mut row = vec![hook.to_string(), "empty program".to_string()];
         row.extend(c.empty[hi].iter().map(|x| format!("{x:.1}")));
         row.extend(["1.00x".to_string(), "-".to_string()]);
+        rows.push(row);
+        // Calibration: what one lookup of ours costs, for the floor.
+        let mut row = vec![hook.to_string(), "empty + 1 lookup".to_string()];
+        row.extend(c.lookup[hi].iter().map(|x| format!("{x:.1}")));
+        let l = &c.lookup[hi];
+        row.extend([
+            format!("{:.2}x", l[0] / c.empty[hi][0]),
+            format!("{:.2}", l[l.len() - 1] / l[0]),
+        ]);
         rows.push(row);
     }
     let mut header: Vec<String> = vec!["hook".into(), "path".into()];
@@ -421,6 +454,7 @@ pub fn program_cost(ctx: &mut Ctx) -> Result<()> {
     let md = format!(
         "ns per packet. *Established*: a flow whose conntrack entry exists (a frontend whose backend is itself, so every repeat of the packet stays on this path: service lookup, conntrack hit, backend check, rewrite). *Reply*: the backend's answer, found in conntrack and translated back. *Miss*: a packet to no service (service lookup and reply lookup, both missing). Repeated paths: median of {runs} runs of {repeat} repeats each.\n\n\
         *New flow*: BPF_PROG_TEST_RUN runs one packet `repeat` times and the first run creates the conntrack entries, so a new flow cannot be repeated. Each new flow (to a frontend of 10 backends, with a Maglev table) is therefore its own run with repeat = 1 and a source port never used before ({singles} of them); the established packet and the empty program are run the same way (repeat = 1), interleaved. A single run carries the timer's and the call's overhead, which the established single runs carry too: the new flow's figure is `established (repeated) + median(new, repeat 1) - median(established, repeat 1)`.\n\n\
+        *Empty + 1 lookup*: the empty program plus one hit in a map shaped like `CONNTRACK` (40-byte key, LRU hash), a calibration of what each map lookup adds (the established path makes at least two: the frontend and the flow).\n\n\
         Service counts include the two probed frontends; the others are fillers with one backend each, written straight into the maps (`Dataplane::set_service`), service ids wrapping at {MAX_SERVICES}.\n\n{}\n\
         Single runs (repeat = 1), medians in ns:\n\n{}",
         table(&header_refs, &rows),
