@@ -22,7 +22,7 @@ use anyhow::{Result, bail};
 use svc_common::MAX_SERVICES;
 
 use crate::{
-    dataplane::{Dataplane, Endpoint, Frontend, Settings, SourceRange},
+    dataplane::{Dataplane, Endpoint, Frontend, NewService, Settings, SourceRange},
     maglev::{self, LoadBalancing},
     model::{Desired, Target},
 };
@@ -33,6 +33,13 @@ pub trait Maps {
     /// Whether (and how big) Maglev tables are.
     fn load_balancing(&self) -> LoadBalancing;
     fn set_backend(&mut self, id: u32, ep: Endpoint) -> Result<()>;
+    /// Many backends at once (the dataplane writes them in one batch).
+    fn set_backends(&mut self, backends: &[(u32, Endpoint)]) -> Result<()> {
+        for (id, ep) in backends {
+            self.set_backend(*id, *ep)?;
+        }
+        Ok(())
+    }
     fn remove_backend(&mut self, id: u32) -> Result<()>;
     fn set_service(
         &mut self,
@@ -42,6 +49,20 @@ pub trait Maps {
         backends: &[u32],
         maglev: Option<&[u16]>,
     ) -> Result<()>;
+    /// Many frontends that are in no map yet, at once (the dataplane
+    /// writes them in three batches, see `Dataplane::add_services`).
+    fn add_services(&mut self, new: &[NewService]) -> Result<()> {
+        for n in new {
+            self.set_service(
+                &n.frontend,
+                n.service_id,
+                n.settings,
+                n.backend_ids,
+                n.maglev,
+            )?;
+        }
+        Ok(())
+    }
     fn remove_service(&mut self, fe: &Frontend) -> Result<()>;
     /// How many service ids there are (ids are `0..service_ids()`).
     fn service_ids(&self) -> u32 {
@@ -64,6 +85,12 @@ impl Maps for Dataplane {
     }
     fn set_backend(&mut self, id: u32, ep: Endpoint) -> Result<()> {
         Dataplane::set_backend(self, id, ep)
+    }
+    fn set_backends(&mut self, backends: &[(u32, Endpoint)]) -> Result<()> {
+        Dataplane::set_backends(self, backends)
+    }
+    fn add_services(&mut self, new: &[NewService]) -> Result<()> {
+        Dataplane::add_services(self, new)
     }
     fn remove_backend(&mut self, id: u32) -> Result<()> {
         Dataplane::remove_backend(self, id)
@@ -104,10 +131,14 @@ pub struct Programmed {
 }
 
 /// The maps' content as the reconciler knows it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Reconciler {
     backends: BTreeMap<Endpoint, u32>,
     frontends: BTreeMap<Frontend, Programmed>,
+    /// Backend ids not in use (ids start at 1).
+    backend_ids: IdPool,
+    /// Service ids not in use.
+    service_ids: IdPool,
     /// Each backend id in `backends`, with how many frontends' slots
     /// name it.
     uses: HashMap<u32, Uses>,
@@ -138,6 +169,13 @@ pub struct Changes {
     pub frontends_set: usize,
     pub frontends_removed: usize,
     pub failed: Vec<(Frontend, String)>,
+}
+
+impl Default for Reconciler {
+    /// Empty maps.
+    fn default() -> Self {
+        Self::adopt(BTreeMap::new(), BTreeMap::new())
+    }
 }
 
 impl Changes {
@@ -171,6 +209,8 @@ impl Reconciler {
             }
         }
         Self {
+            backend_ids: IdPool::new(backends.keys().copied(), 1),
+            service_ids: IdPool::new(frontends.values().map(|p| p.service_id), 0),
             backends: backends.into_iter().map(|(id, addr)| (addr, id)).collect(),
             frontends,
             uses,
@@ -229,32 +269,37 @@ impl Reconciler {
             .flat_map(|(_, t)| t.backends.iter().copied())
             .collect();
         let mut unwritable = BTreeMap::new();
-        // Built on first need: most syncs add no backend and no frontend.
-        let mut free_backend_ids: Option<FreeIds> = None;
-        for addr in &wanted {
-            if !self.backends.contains_key(addr) {
-                let written = free_backend_ids
-                    .get_or_insert_with(|| {
-                        FreeIds::new(self.backends.values().copied(), 1, u32::MAX)
-                    })
-                    .take()
-                    .and_then(|id| maps.set_backend(id, *addr).map(|()| id));
-                match written {
-                    Ok(id) => {
-                        self.backends.insert(*addr, id);
-                        let uses = Uses {
-                            addr: *addr,
-                            frontends: 0,
-                        };
-                        self.uses.insert(id, uses);
-                        released.push(id);
-                        changes.backends_added += 1;
-                    }
-                    Err(e) => {
-                        unwritable.insert(*addr, format!("backend {addr}: {e:#}"));
-                    }
+        let new: Vec<Endpoint> = wanted
+            .iter()
+            .filter(|a| !self.backends.contains_key(a))
+            .copied()
+            .collect();
+        let mut batch = Vec::new();
+        for addr in new {
+            match self.backend_ids.take(u32::MAX) {
+                Ok(id) => batch.push((id, addr)),
+                Err(e) => {
+                    unwritable.insert(addr, format!("backend {addr}: {e:#}"));
                 }
             }
+        }
+        // One batch; if that fails (a full map), one by one, to know which.
+        if !batch.is_empty() && maps.set_backends(&batch).is_err() {
+            batch.retain(|(id, addr)| match maps.set_backend(*id, *addr) {
+                Ok(()) => true,
+                Err(e) => {
+                    unwritable.insert(*addr, format!("backend {addr}: {e:#}"));
+                    self.backend_ids.give(*id);
+                    false
+                }
+            });
+        }
+        for (id, addr) in batch {
+            self.backends.insert(addr, id);
+            let frontends = 0;
+            self.uses.insert(id, Uses { addr, frontends });
+            released.push(id);
+            changes.backends_added += 1;
         }
 
         // 2. Frontends no longer wanted go (first, so their service ids are
@@ -275,8 +320,9 @@ impl Reconciler {
             changes.frontends_removed += 1;
         }
 
-        // 3. Frontends whose slots differ are (re)written.
-        let mut free_service_ids: Option<FreeIds> = None;
+        // 3. Frontends whose slots differ are (re)written; many new ones
+        //    at once in batches.
+        let mut fresh: Vec<(Frontend, Programmed, Option<Vec<u16>>)> = Vec::new();
         for (fe, target) in targets {
             let backend_ids: Result<Vec<u32>, String> = target
                 .backends
@@ -299,16 +345,7 @@ impl Reconciler {
             };
             let service_id = match self.frontends.get(fe) {
                 Some(p) => p.service_id,
-                None => match free_service_ids
-                    .get_or_insert_with(|| {
-                        FreeIds::new(
-                            self.frontends.values().map(|p| p.service_id),
-                            0,
-                            maps.service_ids() - 1,
-                        )
-                    })
-                    .take()
-                {
+                None => match self.service_ids.take(maps.service_ids() - 1) {
                     Ok(id) => id,
                     Err(e) => {
                         changes
@@ -326,45 +363,62 @@ impl Reconciler {
                 source_ranges: target.source_ranges.clone(),
             };
             let old = self.frontends.get(fe);
-            if old != Some(&want) {
-                // New ranges before the head that enables them, stale ones
-                // after: a client allowed throughout is never refused.
-                let had = old.map_or(&[][..], |o| o.source_ranges.as_slice());
-                let add: Vec<SourceRange> = want
-                    .source_ranges
-                    .iter()
-                    .filter(|r| !had.contains(r))
-                    .copied()
-                    .collect();
-                let remove: Vec<SourceRange> = had
-                    .iter()
-                    .filter(|r| !want.source_ranges.contains(r))
-                    .copied()
-                    .collect();
-                // Built from the backends' addresses (in slot order), only
-                // for a frontend that is written.
-                let table = balancing.table_size().filter(|_| want.maglev).map(|size| {
-                    let addrs: Vec<_> = target.backends.iter().map(|b| b.addr).collect();
-                    maglev::table(&addrs, size)
-                });
-                let written = maps
-                    .set_source_ranges(service_id, &add, &[])
-                    .and_then(|()| {
-                        maps.set_service(
-                            fe,
-                            want.service_id,
-                            want.settings,
-                            &want.backend_ids,
-                            table.as_deref(),
-                        )
-                    })
-                    .and_then(|()| maps.set_source_ranges(service_id, &[], &remove));
-                if let Err(e) = written {
-                    changes.failed.push((*fe, format!("{e:#}")));
-                    continue;
+            if old == Some(&want) {
+                continue;
+            }
+            // Built from the backends' addresses (in slot order), only for
+            // a frontend that is written.
+            let table = balancing.table_size().filter(|_| want.maglev).map(|size| {
+                let addrs: Vec<_> = target.backends.iter().map(|b| b.addr).collect();
+                maglev::table(&addrs, size)
+            });
+            if old.is_none() && want.source_ranges.is_empty() {
+                fresh.push((*fe, want, table));
+                continue;
+            }
+            let had = old.map_or(&[][..], |o| o.source_ranges.as_slice());
+            let is_new = old.is_none();
+            match write_frontend(maps, fe, &want, had, table.as_deref()) {
+                Ok(()) => {
+                    self.record(*fe, want, &mut released);
+                    changes.frontends_set += 1;
                 }
-                self.record(*fe, want, &mut released);
-                changes.frontends_set += 1;
+                Err(e) => {
+                    if is_new {
+                        self.service_ids.give(want.service_id);
+                    }
+                    changes.failed.push((*fe, format!("{e:#}")));
+                }
+            }
+        }
+        let news: Vec<NewService> = fresh
+            .iter()
+            .map(|(fe, want, table)| NewService {
+                frontend: *fe,
+                service_id: want.service_id,
+                settings: want.settings,
+                backend_ids: &want.backend_ids,
+                maglev: table.as_deref(),
+            })
+            .collect();
+        // Few are written one by one (each checks what the map holds
+        // first); if the batches fail, each is finished one by one.
+        let batched = news.len() >= BATCH_FROM && maps.add_services(&news).is_ok();
+        drop(news);
+        for (fe, want, table) in fresh {
+            let written = match batched {
+                true => Ok(()),
+                false => write_frontend(maps, &fe, &want, &[], table.as_deref()),
+            };
+            match written {
+                Ok(()) => {
+                    self.record(fe, want, &mut released);
+                    changes.frontends_set += 1;
+                }
+                Err(e) => {
+                    self.service_ids.give(want.service_id);
+                    changes.failed.push((fe, format!("{e:#}")));
+                }
             }
         }
 
@@ -386,6 +440,7 @@ impl Reconciler {
             maps.remove_backend(id)?;
             self.backends.remove(&addr);
             self.uses.remove(&id);
+            self.backend_ids.give(id);
             changes.backends_removed += 1;
         }
         Ok(changes)
@@ -407,6 +462,7 @@ impl Reconciler {
     fn forget(&mut self, fe: &Frontend, released: &mut Vec<u32>) -> Option<Programmed> {
         let old = self.frontends.remove(fe)?;
         self.release(&old.backend_ids, released);
+        self.service_ids.give(old.service_id);
         Some(old)
     }
 
@@ -422,6 +478,35 @@ impl Reconciler {
     }
 }
 
+/// How many new frontends make it worth writing them in batches.
+const BATCH_FROM: usize = 16;
+
+/// Writes one frontend's slots, with its source ranges: new ones before
+/// the head that enables them, stale ones (`had` but not wanted) after,
+/// so a client allowed throughout is never refused.
+fn write_frontend(
+    maps: &mut impl Maps,
+    fe: &Frontend,
+    want: &Programmed,
+    had: &[SourceRange],
+    table: Option<&[u16]>,
+) -> Result<()> {
+    let add: Vec<SourceRange> = want
+        .source_ranges
+        .iter()
+        .filter(|r| !had.contains(r))
+        .copied()
+        .collect();
+    let remove: Vec<SourceRange> = had
+        .iter()
+        .filter(|r| !want.source_ranges.contains(r))
+        .copied()
+        .collect();
+    maps.set_source_ranges(want.service_id, &add, &[])?;
+    maps.set_service(fe, want.service_id, want.settings, &want.backend_ids, table)?;
+    maps.set_source_ranges(want.service_id, &[], &remove)
+}
+
 /// How many keys are missing from, extra in, or valued differently in `b`.
 fn differing<K: Ord, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> usize {
     let changed_or_missing = a.iter().filter(|(k, v)| b.get(k) != Some(v)).count();
@@ -429,34 +514,63 @@ fn differing<K: Ord, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> us
     changed_or_missing + extra
 }
 
-/// Hands out the lowest unused ids in `min..=max`, in increasing order.
-/// Within one `apply` ids are only taken (frees happen before or after),
-/// so a cursor that never moves back finds each one: programming n new
-/// services costs O(n log n), not O(n²).
-struct FreeIds {
-    used: BTreeSet<u32>,
+/// The ids not in use, kept across applies: taking one or giving one
+/// back costs O(log n), not a pass over every id in use.
+#[derive(Debug)]
+struct IdPool {
+    /// Unused ids below `next`, as ranges: first id → last id.
+    free: BTreeMap<u32, u32>,
+    /// Every id from here up is unused.
     next: u32,
-    max: u32,
 }
 
-impl FreeIds {
-    fn new(used: impl Iterator<Item = u32>, min: u32, max: u32) -> Self {
-        Self {
-            used: used.collect(),
-            next: min,
-            max,
+impl IdPool {
+    /// The pool of ids from `min` up, but for `used`.
+    fn new(used: impl Iterator<Item = u32>, min: u32) -> Self {
+        let used: BTreeSet<u32> = used.filter(|id| *id >= min).collect();
+        let mut free = BTreeMap::new();
+        let mut next = min;
+        for id in used {
+            if id > next {
+                free.insert(next, id - 1);
+            }
+            // (u32::MAX in use: no id is left above it.)
+            next = id.saturating_add(1);
         }
+        Self { free, next }
     }
 
-    fn take(&mut self) -> Result<u32> {
-        while self.used.contains(&self.next) && self.next < self.max {
-            self.next += 1;
+    /// The lowest unused id up to `max`.
+    fn take(&mut self, max: u32) -> Result<u32> {
+        if let Some((&first, &last)) = self.free.first_key_value()
+            && first <= max
+        {
+            self.free.remove(&first);
+            if first < last {
+                self.free.insert(first + 1, last);
+            }
+            return Ok(first);
         }
-        if self.used.contains(&self.next) {
-            bail!("all ids up to {} are in use", self.max);
+        if self.next > max || self.next == u32::MAX {
+            bail!("all ids up to {max} are in use");
         }
-        self.used.insert(self.next);
-        Ok(self.next)
+        self.next += 1;
+        Ok(self.next - 1)
+    }
+
+    fn give(&mut self, id: u32) {
+        if id.checked_add(1) == Some(self.next) {
+            self.next = id;
+            // Shrink past free ranges just below, so `free` stays small.
+            while let Some((&first, &last)) = self.free.last_key_value()
+                && last + 1 == self.next
+            {
+                self.free.remove(&first);
+                self.next = first;
+            }
+        } else if id < self.next {
+            self.free.insert(id, id);
+        }
     }
 }
 
@@ -923,16 +1037,27 @@ mod tests {
 
     #[test]
     fn free_ids_fill_gaps_lowest_first() {
-        let mut ids = FreeIds::new([1, 2, 4].into_iter(), 1, 10);
-        let taken: Vec<u32> = (0..3).map(|_| ids.take().unwrap()).collect();
+        let mut ids = IdPool::new([1, 2, 4].into_iter(), 1);
+        let taken: Vec<u32> = (0..3).map(|_| ids.take(10).unwrap()).collect();
         assert_eq!(taken, [3, 5, 6]);
-        assert_eq!(FreeIds::new([].into_iter(), 0, 10).take().unwrap(), 0);
-        let mut full = FreeIds::new([0].into_iter(), 0, 1);
-        assert_eq!(full.take().unwrap(), 1);
-        assert!(full.take().is_err());
+        ids.give(2);
+        ids.give(6);
+        assert_eq!((ids.take(10).unwrap(), ids.take(10).unwrap()), (2, 6));
+        // Given back from the top: the pool shrinks instead of growing.
+        for id in [6, 5, 4] {
+            ids.give(id);
+        }
+        assert_eq!((ids.next, ids.free.len()), (4, 0));
+        // A stray id far up costs one range, not one entry per gap.
+        let mut sparse = IdPool::new([1, u32::MAX - 1].into_iter(), 1);
+        assert_eq!((sparse.free.len(), sparse.take(10).unwrap()), (1, 2));
+        assert_eq!(IdPool::new([].into_iter(), 0).take(10).unwrap(), 0);
+        let mut full = IdPool::new([0].into_iter(), 0);
+        assert_eq!(full.take(1).unwrap(), 1);
+        assert!(full.take(1).is_err());
         assert!(
-            FreeIds::new([u32::MAX].into_iter(), u32::MAX, u32::MAX)
-                .take()
+            IdPool::new([u32::MAX].into_iter(), u32::MAX)
+                .take(u32::MAX)
                 .is_err()
         );
     }

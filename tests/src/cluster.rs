@@ -399,9 +399,14 @@ impl Cluster {
                 self.dir.join("kubeconfig").to_string_lossy().into_owned(),
                 "--hostname-override".into(),
                 NODE_NAME.into(),
-                "--sync-period".into(),
-                format!("{}ms", SYNC_PERIOD.as_millis()),
             ]);
+            // Unless the caller sets its own (the bench keeps the default).
+            if !extra.contains(&"--sync-period") {
+                args.extend([
+                    "--sync-period".into(),
+                    format!("{}ms", SYNC_PERIOD.as_millis()),
+                ]);
+            }
         } else {
             args.extend([
                 "--manifests".into(),

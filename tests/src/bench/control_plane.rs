@@ -55,6 +55,26 @@ fn wait_in_map(c: &Cluster, map: &ServicesMap, ip: Ipv4Addr, start: Instant) -> 
     Ok(())
 }
 
+/// The durations of the agent's logged syncs ("programmed in 1.2ms: ..."),
+/// in milliseconds, oldest first.
+fn sync_times_ms(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter_map(|l| l.split("programmed in ").nth(1)?.split(':').next())
+        .filter_map(|d| {
+            let unit = d.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+            let value: f64 = d[..d.len() - unit.len()].parse().ok()?;
+            let ms = match unit {
+                "s" => 1e3,
+                "ms" => 1.0,
+                "µs" => 1e-3,
+                "ns" => 1e-6,
+                _ => return None,
+            };
+            Some(value * ms)
+        })
+        .collect()
+}
+
 fn print_percentiles(ctx: &mut Ctx, samples: &[f64]) {
     ctx.line(format!(
         "p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms",
@@ -219,7 +239,11 @@ pub fn cold_start_run(
     let last = service_ip(n - 1);
     let sizes = capacity_args(n, eps);
     let start = Instant::now();
-    c.start_agent_with(&sizes.iter().map(String::as_str).collect::<Vec<_>>())?;
+    // The agent's default sync period (30 s), not the tests' short one:
+    // each period reads every map back to look for drift.
+    let mut args: Vec<&str> = sizes.iter().map(String::as_str).collect();
+    args.extend(["--sync-period", "30s"]);
+    c.start_agent_with(&args)?;
     let map = services_map(&c)?;
     let last_key = key(last);
     let mut programmed_s = None;
@@ -518,6 +542,15 @@ pub fn control_plane(ctx: &mut Ctx) -> Result<()> {
                 count_label(n as usize)
             ));
             print_percentiles(ctx, &s);
+            // The agent's own part: its syncs after the cold start.
+            let syncs = sync_times_ms(&c.agent_log());
+            if let Some(changes) = syncs.get(1..).filter(|v| !v.is_empty()) {
+                ctx.line(format!(
+                    "  of which the agent's syncs ({} logged: model, reconcile, map writes):",
+                    changes.len()
+                ));
+                print_percentiles(ctx, changes);
+            }
             Some(s)
         } else {
             None
