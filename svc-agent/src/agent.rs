@@ -24,7 +24,7 @@ use crate::{
     api::{self, Snapshot},
     apiserver::{Cidr, ServiceNetwork},
     cluster::{self, ClusterSource},
-    dataplane::{Capacity, Dataplane, Frontend, Pins, SockLbTarget, TcHook, XdpForwarding},
+    dataplane::{self, Capacity, Dataplane, Frontend, Pins, SockLbTarget, TcHook, XdpForwarding},
     desired_state::{Changed, DesiredState, Objects},
     health::Health,
     http_server::{self, HealthHandle, SharedHealth},
@@ -128,6 +128,10 @@ impl Source {
     }
 }
 
+/// A drift check's result: the count of map-writing syncs when it
+/// started, and the maps as read.
+type DriftCheck = (u64, Result<dataplane::MapContents>);
+
 /// How long a burst of changes may keep growing before one sync.
 const COALESCE: Duration = Duration::from_millis(20);
 /// How often interfaces are rescanned for new pod veths.
@@ -207,6 +211,8 @@ pub async fn run(cfg: Config) -> Result<()> {
         desired: DesiredState::new(),
         whole_sync_due: true,
         retry: BTreeSet::new(),
+        map_writes: 0,
+        checking_drift: false,
         events: BTreeMap::new(),
         last_problems: BTreeMap::new(),
         counters: Counters::default(),
@@ -223,6 +229,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         retry_at = Some(Instant::now() + RETRY);
     }
 
+    let (drift_tx, mut drift_rx) = tokio::sync::mpsc::channel(1);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut scan = tokio::time::interval(INTERFACE_SCAN);
     let mut resync = tokio::time::interval_at(
@@ -257,8 +264,14 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
             _ = resync.tick() => {
                 state.warn_about_new_drops(&cfg, &dp);
-                state.repair_drift(&dp);
+                state.check_drift(&cfg.pins, &drift_tx);
                 state.expire_conntrack(&mut dp);
+                state.sync(&cfg, &mut dp, &snapshot).await
+            }
+            Some((writes, maps)) = drift_rx.recv() => {
+                if !state.repair_drift(writes, maps) {
+                    continue;
+                }
                 state.sync(&cfg, &mut dp, &snapshot).await
             }
             _ = retry => state.sync(&cfg, &mut dp, &snapshot).await,
@@ -308,6 +321,11 @@ struct State {
     whole_sync_due: bool,
     /// Frontends that could not be programmed, tried again at the next sync.
     retry: BTreeSet<Frontend>,
+    /// Syncs that wrote to the service maps so far: a drift check read
+    /// while one did is not compared.
+    map_writes: u64,
+    /// Whether a drift check is reading the maps.
+    checking_drift: bool,
     events: BTreeMap<String, Vec<EventView>>,
     /// Each Service's problems at the last sync, so a lasting problem is
     /// reported once, not at every sync.
@@ -357,6 +375,9 @@ impl State {
         problems.extend(self.desired.problems().cloned());
         let ok = match self.reconciler.apply_to(desired, scope, dp) {
             Ok(c) => {
+                if !c.is_empty() {
+                    self.map_writes += 1;
+                }
                 self.whole_sync_due = false;
                 self.retry = c.failed.iter().map(|(fe, _)| *fe).collect();
                 if c.frontends_set + c.frontends_removed + c.backends_added + c.backends_removed > 0
@@ -384,6 +405,7 @@ impl State {
             }
             Err(e) => {
                 warn!("programming the dataplane: {e:#}");
+                self.map_writes += 1;
                 self.whole_sync_due = true;
                 false
             }
@@ -466,11 +488,31 @@ impl State {
         }
     }
 
-    /// Compares the maps with what was programmed; on a difference (an
-    /// entry deleted or rewritten behind the agent's back), adopts what the
-    /// maps hold so the next sync rewrites exactly what differs.
-    fn repair_drift(&mut self, dp: &Dataplane) {
-        match dp.dump() {
+    /// Starts reading the maps back, off the loop (at 100k Services that
+    /// takes seconds, which a change must not wait for); `repair_drift`
+    /// gets the result, with the count of map-writing syncs at the start.
+    fn check_drift(&mut self, pins: &Pins, done: &tokio::sync::mpsc::Sender<DriftCheck>) {
+        if self.checking_drift {
+            return;
+        }
+        self.checking_drift = true;
+        let (pins, done, writes) = (pins.clone(), done.clone(), self.map_writes);
+        tokio::task::spawn_blocking(move || {
+            let _ = done.blocking_send((writes, dataplane::dump_pinned(&pins)));
+        });
+    }
+
+    /// Compares the maps read back with what was programmed; on a
+    /// difference (an entry deleted or rewritten behind the agent's back),
+    /// adopts what the maps hold, so the next sync, due now (true),
+    /// rewrites exactly what differs. A read that a sync's writes overlapped
+    /// proves nothing: the next period reads again.
+    fn repair_drift(&mut self, writes: u64, maps: Result<dataplane::MapContents>) -> bool {
+        self.checking_drift = false;
+        if writes != self.map_writes {
+            return false;
+        }
+        match maps {
             Ok((backends, frontends)) => {
                 let drift = self.reconciler.drift(&backends, &frontends);
                 if drift > 0 {
@@ -478,10 +520,12 @@ impl State {
                     self.counters.drift_repairs += drift as u64;
                     self.reconciler = Reconciler::adopt(backends, frontends);
                     self.whole_sync_due = true;
+                    return true;
                 }
             }
             Err(e) => warn!("reading the maps back: {e:#}"),
         }
+        false
     }
 
     /// Deletes the conntrack entries of flows that are over.

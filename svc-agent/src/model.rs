@@ -1,7 +1,9 @@
 //! The desired dataplane state, computed from Kubernetes objects: a pure
-//! function of the (admitted) Services, the EndpointSlices and the node.
-//! Every source (manifests today, the API server later) feeds this same
-//! function, and the reconciler makes the maps equal to its result.
+//! function of each (admitted) Service, its EndpointSlices and the node
+//! (`frontends`). Every source feeds it; `desired_state` keeps the whole
+//! of it across syncs (`desired` computes it from scratch, the reference
+//! the incremental one is tested against), and the reconciler makes the
+//! maps equal to it.
 //!
 //! Semantics follow kube-proxy: one frontend per (service IP, port,
 //! protocol) for each clusterIP, externalIP and load-balancer ingress IP,

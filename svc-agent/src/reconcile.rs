@@ -233,9 +233,15 @@ impl Reconciler {
         backends: &BTreeMap<u32, Endpoint>,
         frontends: &BTreeMap<Frontend, Programmed>,
     ) -> usize {
-        let believed: BTreeMap<u32, Endpoint> =
-            self.backends.iter().map(|(a, id)| (*id, *a)).collect();
-        differing(&believed, backends) + differing(&self.frontends, frontends)
+        // (Each id is believed for one address only, so what matches is
+        // found once, and the rest of `backends` is extra.)
+        let matching = self
+            .backends
+            .iter()
+            .filter(|(addr, id)| backends.get(id) == Some(addr))
+            .count();
+        let backends_differing = (self.backends.len() - matching) + (backends.len() - matching);
+        backends_differing + differing(&self.frontends, frontends)
     }
 
     /// Makes every frontend's slots what `desired` says.
