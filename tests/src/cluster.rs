@@ -201,6 +201,27 @@ impl Agent {
         Ok(())
     }
 
+    /// Stops the agent and runs `svc-agent cleanup`: its programs are
+    /// detached and its pins removed (the node is left without it, as
+    /// for another proxy); it can be started again.
+    pub fn stop_and_clean_up(&mut self) -> Result<()> {
+        self.stop()?;
+        let out = Command::new(agent_binary()?)
+            .arg("cleanup")
+            .arg("--bpffs-dir")
+            .arg(self.bpffs().join("svc-agent"))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "svc-agent cleanup: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Kills the agent (SIGKILL), if it runs.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -110,6 +110,12 @@ impl MultiNodeCluster {
         self.agents[index].stop()
     }
 
+    /// Stops node `index`'s agent and detaches its programs (`svc-agent
+    /// cleanup`), leaving the node to another proxy.
+    pub fn stop_and_clean_up_agent(&mut self, index: usize) -> Result<()> {
+        self.agents[index].stop_and_clean_up()
+    }
+
     /// The API server stand-in both agents watch.
     pub fn api(&self) -> &ApiServerStandIn {
         self.api

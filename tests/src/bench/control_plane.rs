@@ -400,6 +400,7 @@ fn equivalent_services(n: u32, eps: u32) -> Vec<ServicePort> {
             protocol: "tcp",
             cluster_ip: service_ip(i),
             port: 80,
+            node_port: None,
             endpoints: (0..eps)
                 .map(|e| std::net::SocketAddrV4::new(endpoint_ip(i * eps + e), 8080))
                 .collect(),

@@ -1,7 +1,7 @@
 //! kube-proxy's rulesets, rendered as pure functions in the exact layouts
 //! its iptables and nftables proxiers write on a full sync (Kubernetes
 //! v1.3x, `pkg/proxy/iptables/proxier.go` and `pkg/proxy/nftables/proxier.go`),
-//! for ClusterIP Services with `Cluster` traffic policy, so the benchmarks
+//! for ClusterIP and NodePort Services with `Cluster` traffic policy, so the benchmarks
 //! load into a namespace exactly what kube-proxy would, and traffic walks
 //! the same chains.
 //!
@@ -35,6 +35,8 @@ pub struct ServicePort {
     pub protocol: &'static str,
     pub cluster_ip: Ipv4Addr,
     pub port: u16,
+    /// The NodePort, if the Service has one.
+    pub node_port: Option<u16>,
     pub endpoints: Vec<SocketAddrV4>,
 }
 
@@ -113,6 +115,11 @@ pub fn iptables_svc_chain(sp: &ServicePort) -> String {
         "KUBE-SVC-{}",
         hash16(&format!("{}{}", sp.port_name_string(), sp.protocol))
     )
+}
+
+/// `KUBE-EXT-<hash>`: where NodePort (external) traffic goes first.
+pub fn iptables_ext_chain(sp: &ServicePort) -> String {
+    iptables_svc_chain(sp).replacen("KUBE-SVC-", "KUBE-EXT-", 1)
 }
 
 /// `KUBE-SEP-<hash>` of one endpoint ("ip:port").
@@ -288,6 +295,15 @@ pub fn iptables_restore(services: &[ServicePort], node: &NodeConfig) -> String {
         writeln!(nat_rules, "-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {ip} --dport {port} -j {svc_chain}").unwrap();
         writeln!(nat_rules, "-A {svc_chain} -m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {ip} --dport {port} ! -s {} -j KUBE-MARK-MASQ", node.cluster_cidr).unwrap();
         writeln!(nat_chains, ":{svc_chain} - [0:0]").unwrap();
+        if let Some(node_port) = sp.node_port {
+            // Cluster policy: masqueraded, in case the endpoint is on
+            // another node, then on to the Service's chain.
+            let ext = iptables_ext_chain(sp);
+            writeln!(nat_rules, "-A KUBE-NODEPORTS -m comment --comment {name} -m {proto} -p {proto} --dport {node_port} -j {ext}").unwrap();
+            writeln!(nat_chains, ":{ext} - [0:0]").unwrap();
+            writeln!(nat_rules, "-A {ext} -m comment --comment \"masquerade traffic for {name} external destinations\" -j KUBE-MARK-MASQ").unwrap();
+            writeln!(nat_rules, "-A {ext} -j {svc_chain}").unwrap();
+        }
         let n = sp.endpoints.len();
         for (i, ep) in sp.endpoints.iter().enumerate() {
             let sep = iptables_sep_chain(sp, *ep);
@@ -354,6 +370,11 @@ fn nft_service_base(sp: &ServicePort) -> String {
 /// `service-<hash>-ns/name/proto/port`.
 pub fn nft_service_chain(sp: &ServicePort) -> String {
     format!("service-{}", nft_service_base(sp))
+}
+
+/// `external-<hash>-ns/name/proto/port`: where NodePort traffic goes first.
+pub fn nft_external_chain(sp: &ServicePort) -> String {
+    format!("external-{}", nft_service_base(sp))
 }
 
 /// `endpoint-<hash>-ns/name/proto/port__ip/port`.
@@ -536,9 +557,17 @@ pub fn nft_ruleset(services: &[ServicePort], node: &NodeConfig) -> String {
             .iter()
             .map(|ep| nft_endpoint_chain(sp, *ep))
             .collect();
-        for chain in eps.iter().chain(std::iter::once(&svc)) {
+        let ext = sp.node_port.map(|_| nft_external_chain(sp));
+        for chain in eps.iter().chain([&svc]).chain(&ext) {
             line(format!("add chain {T} {chain}"));
             line(format!("flush chain {T} {chain}"));
+        }
+        if let (Some(node_port), Some(ext)) = (sp.node_port, &ext) {
+            line(format!(
+                "add element {T} service-nodeports {{ {proto} . {node_port} : goto {ext} }}"
+            ));
+            line(format!("add rule {T} {ext} jump mark-for-masquerade"));
+            line(format!("add rule {T} {ext} goto {svc}"));
         }
         line(format!("add element {T} cluster-ips {{ {ip} }}"));
         line(format!(
@@ -586,6 +615,7 @@ mod tests {
             protocol: "tcp",
             cluster_ip: ip.into(),
             port: 80,
+            node_port: None,
             endpoints: eps.iter().map(|e| e.parse().unwrap()).collect(),
         }
     }
@@ -630,6 +660,37 @@ mod tests {
             iptables_sep_chain(&s4, s4.endpoints[1]),
             "KUBE-SEP-C6EBXVWJJZMIWKLZ"
         );
+    }
+
+    #[test]
+    fn node_ports_go_through_the_external_chain_as_kube_proxy_writes_it() {
+        // TestOverallIPTablesRules / TestOverallNFTablesRules: svc2 is a
+        // NodePort Service (3001) with Cluster policy.
+        let svc2 = ServicePort {
+            node_port: Some(3001),
+            ..svc("ns2", "svc2", [172, 30, 0, 42], &["10.180.0.2:80"])
+        };
+        let rules = iptables_restore(std::slice::from_ref(&svc2), &upstream_node());
+        for line in [
+            ":KUBE-EXT-GNZBNJ2PO5MGZ6GT - [0:0]",
+            "-A KUBE-NODEPORTS -m comment --comment ns2/svc2:p80 -m tcp -p tcp --dport 3001 -j KUBE-EXT-GNZBNJ2PO5MGZ6GT",
+            "-A KUBE-EXT-GNZBNJ2PO5MGZ6GT -m comment --comment \"masquerade traffic for ns2/svc2:p80 external destinations\" -j KUBE-MARK-MASQ",
+            "-A KUBE-EXT-GNZBNJ2PO5MGZ6GT -j KUBE-SVC-GNZBNJ2PO5MGZ6GT",
+        ] {
+            assert!(
+                rules.contains(&format!("{line}\n")),
+                "missing {line}\n{rules}"
+            );
+        }
+        let nft = nft_ruleset(&[svc2], &upstream_node());
+        for line in [
+            "add chain ip kube-proxy external-42NFTM6N-ns2/svc2/tcp/p80",
+            "add element ip kube-proxy service-nodeports { tcp . 3001 : goto external-42NFTM6N-ns2/svc2/tcp/p80 }",
+            "add rule ip kube-proxy external-42NFTM6N-ns2/svc2/tcp/p80 jump mark-for-masquerade",
+            "add rule ip kube-proxy external-42NFTM6N-ns2/svc2/tcp/p80 goto service-42NFTM6N-ns2/svc2/tcp/p80",
+        ] {
+            assert!(nft.contains(&format!("{line}\n")), "missing {line}\n{nft}");
+        }
     }
 
     #[test]
