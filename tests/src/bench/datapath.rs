@@ -991,14 +991,15 @@ pub fn nodeport_forwarding(ctx: &mut Ctx) -> Result<()> {
     std::fs::write(&nft, kube_proxy_rules::nft_ruleset(&ports, &node))?;
     let limit = Duration::from_secs(30);
 
-    // Mode, connections/s, Gb/s, connections that failed (1 s timeout),
-    // new flows dropped for want of a free SNAT port (ours only).
-    let mut results: Vec<(&str, Vec<f64>, Vec<f64>, u64, u64)> = vec![
-        ("kernel forwards", vec![], vec![], 0, 0),
-        ("XDP forwards", vec![], vec![], 0, 0),
-        ("kube-proxy iptables", vec![], vec![], 0, 0),
-        ("kube-proxy nftables", vec![], vec![], 0, 0),
-    ];
+    let mut results: Vec<NodePortRuns> = [
+        "kernel forwards",
+        "XDP forwards",
+        "kube-proxy iptables",
+        "kube-proxy nftables",
+    ]
+    .into_iter()
+    .map(NodePortRuns::new)
+    .collect();
     let run = (|| -> Result<()> {
         for _ in 0..IPERF_ROUNDS {
             for (mode, r) in ["off", "on", "iptables", "nftables"]
@@ -1034,11 +1035,11 @@ pub fn nodeport_forwarding(ctx: &mut Ctx) -> Result<()> {
                 ]))?;
                 let out = String::from_utf8_lossy(&out.stdout).into_owned();
                 let (rate, failed) = out.trim().split_once(' ').context("connect loop output")?;
-                r.1.push(rate.parse()?);
-                if !r.0.starts_with("kube-proxy") {
-                    r.4 += snat_exhausted(&c.node(0).ns)?;
+                r.rates.push(rate.parse()?);
+                if !r.mode.starts_with("kube-proxy") {
+                    r.no_snat_port += snat_exhausted(&c.node(0).ns)?;
                 }
-                r.3 += failed.parse::<u64>()?;
+                r.timed_out += failed.parse::<u64>()?;
                 let out = sh(c.fabric.external.command("iperf3").args([
                     "-c",
                     "192.0.2.1",
@@ -1048,7 +1049,8 @@ pub fn nodeport_forwarding(ctx: &mut Ctx) -> Result<()> {
                     IPERF_SECONDS,
                     "-J",
                 ]))?;
-                r.2.push(iperf_json_gbps(&String::from_utf8_lossy(&out.stdout))?);
+                r.gbps
+                    .push(iperf_json_gbps(&String::from_utf8_lossy(&out.stdout))?);
                 // The next mode finds node-1 without this one's programs.
                 c.stop_and_clean_up_agent(0)?;
             }
@@ -1058,10 +1060,14 @@ pub fn nodeport_forwarding(ctx: &mut Ctx) -> Result<()> {
     let _ = iperf.kill();
     let _ = iperf.wait();
     run?;
-    let base = (median(results[0].1.clone()), median(results[0].2.clone()));
+    let base = (
+        median(results[0].rates.clone()),
+        median(results[0].gbps.clone()),
+    );
     let mut rows = Vec::new();
-    for (name, rate, gbps, failed, exhausted) in results {
-        let (rate, gbps) = (median(rate), median(gbps));
+    for r in results {
+        let (name, failed, exhausted) = (r.mode, r.timed_out, r.no_snat_port);
+        let (rate, gbps) = (median(r.rates), median(r.gbps));
         ctx.line(format!(
             "{name:<20} {rate:>8.0} conn/s {:>5.2}x   {gbps:>6.2} Gb/s {:>5.2}x   ({failed} connections timed out, {exhausted} SYNs found no free SNAT port)",
             rate / base.0,
@@ -1080,6 +1086,30 @@ pub fn nodeport_forwarding(ctx: &mut Ctx) -> Result<()> {
         table(&["mode", "conn/s", "Gb/s", "timed out", "no SNAT port"], &rows)
     ));
     Ok(())
+}
+
+/// One NodePort mode's results over the rounds.
+struct NodePortRuns {
+    mode: &'static str,
+    /// New connections per second, and Gb/s, per round.
+    rates: Vec<f64>,
+    gbps: Vec<f64>,
+    /// Connections that timed out (1 s each).
+    timed_out: u64,
+    /// New flows dropped for want of a free SNAT port (ours only).
+    no_snat_port: u64,
+}
+
+impl NodePortRuns {
+    fn new(mode: &'static str) -> Self {
+        Self {
+            mode,
+            rates: Vec::new(),
+            gbps: Vec::new(),
+            timed_out: 0,
+            no_snat_port: 0,
+        }
+    }
 }
 
 /// New flows node-1's agent dropped for want of a free SNAT port.
