@@ -206,6 +206,11 @@ impl Agent {
     /// for another proxy); it can be started again.
     pub fn stop_and_clean_up(&mut self) -> Result<()> {
         self.stop()?;
+        self.clean_up()
+    }
+
+    /// `svc-agent cleanup` of this agent's pins and state.
+    fn clean_up(&self) -> Result<()> {
         let out = Command::new(agent_binary()?)
             .arg("cleanup")
             .arg("--bpffs-dir")
@@ -324,15 +329,7 @@ impl Agent {
         let Some(mount_cleanup) = self.mount_cleanup.take() else {
             return;
         };
-        if let Ok(bin) = agent_binary() {
-            let _ = Command::new(bin)
-                .arg("cleanup")
-                .arg("--bpffs-dir")
-                .arg(self.bpffs().join("svc-agent"))
-                .arg("--state-dir")
-                .arg(self.state_dir())
-                .output();
-        }
+        let _ = self.clean_up();
         let _ = Command::new("umount").arg("-l").arg(self.bpffs()).output();
         netns::forget(mount_cleanup);
         let _ = std::fs::remove_dir_all(&self.dir);
