@@ -177,14 +177,13 @@ impl DesiredState {
             everything = true;
         }
         let candidates: BTreeSet<ServiceName> = match changed {
-            _ if everything => {
+            Changed::Only(names) if !everything => names.clone(),
+            _ => {
                 // Those known here too: one may be gone.
                 let mut all: BTreeSet<ServiceName> = objects.names().into_iter().collect();
                 all.extend(self.services.keys().cloned());
                 all
             }
-            Changed::Everything => unreachable!(),
-            Changed::Only(names) => names.clone(),
         };
         // Claimants to compute again: they name a frontend whose holder
         // let go of it.

@@ -412,9 +412,10 @@ impl Reconciler {
         let batched = news.len() >= BATCH_FROM && maps.add_services(&news).is_ok();
         drop(news);
         for (fe, want, table) in fresh {
-            let written = match batched {
-                true => Ok(()),
-                false => write_frontend(maps, &fe, &want, &[], table.as_deref()),
+            let written = if batched {
+                Ok(())
+            } else {
+                write_frontend(maps, &fe, &want, &[], table.as_deref())
             };
             match written {
                 Ok(()) => {
